@@ -1,0 +1,39 @@
+"""What a protocol factory is given: the services of one running server.
+
+Built once by :mod:`mailserverd.service` (the composition root) and passed to
+each protocol's ``build_factory(ctx, listener)``. Protocol code reads only
+these attributes; it never builds a store, a TLS context or a pool itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover - imports only for type checkers
+    from twisted.internet.interfaces import IReactorTime
+
+    from mailserverd.auth.accounts import Authenticator
+    from mailserverd.config import Config
+    from mailserverd.delivery.local import LocalDelivery
+    from mailserverd.store.interface import Directory, MailStore
+    from mailserverd.tls import ServerTLS
+
+
+@dataclass
+class ServerContext:
+    """The running server's shared services.
+
+    ``store`` implements both :class:`~mailserverd.store.interface.Directory`
+    and :class:`~mailserverd.store.interface.MailStore`. ``tls.server_creator()``
+    is what ``transport.startTLS`` takes for STARTTLS/STLS. ``clock`` is the
+    reactor (or a ``Clock`` in tests) for timeouts. ``connections`` counts open
+    client connections per IP for the connection limits.
+    """
+
+    config: "Config"
+    store: "Any"  # Directory & MailStore
+    authenticator: "Authenticator"
+    delivery: "LocalDelivery"
+    tls: "ServerTLS"
+    clock: "IReactorTime"

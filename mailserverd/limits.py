@@ -1,0 +1,126 @@
+"""Every size, count and time limit of the server, named, with default and bounds.
+
+This table is the one source: the config loader validates ``[limits]`` against
+it, ``etc/mailserverd.toml`` documents each entry, and protocol code reads the
+values from :class:`Limits` (``config.limits.smtp_line_max``). Add a limit here,
+never as a literal in protocol code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, make_dataclass
+
+
+@dataclass(frozen=True)
+class LimitSpec:
+    """One named limit: its default, inclusive bounds, unit and meaning."""
+
+    name: str
+    default: int
+    minimum: int
+    maximum: int
+    unit: str
+    doc: str
+
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+LIMIT_SPECS: tuple[LimitSpec, ...] = (
+    # --- SMTP (RFC 5321 §4.5.3.1 gives the minimum sizes a server must accept)
+    LimitSpec("smtp_line_max", 2048, 512, 65536, "bytes",
+              "Longest SMTP command line; RFC 5321 §4.5.3.1.4 requires at least 512."),
+    LimitSpec("smtp_text_line_max", 100000, 1000, 1000000, "bytes",
+              "Longest line inside DATA; RFC 5321 §4.5.3.1.6 requires at least 1000."),
+    LimitSpec("message_size_max", 50 * MIB, 64 * KIB, 2 * GIB, "bytes",
+              "Largest message accepted (SMTP SIZE, IMAP APPENDLIMIT)."),
+    LimitSpec("smtp_recipients_max", 100, 1, 100000, "count",
+              "Recipients per message (RFC 5321 §4.5.3.1.8 requires at least 100; LIMITS RCPTMAX)."),
+    LimitSpec("smtp_bad_commands_max", 20, 1, 1000, "count",
+              "Unknown or malformed commands before the connection is closed."),
+    LimitSpec("smtp_commands_max", 10000, 10, 10000000, "count",
+              "Commands in one SMTP session."),
+    LimitSpec("smtp_idle_timeout", 300, 10, 3600, "seconds",
+              "Idle time before an SMTP session is closed (RFC 5321 §4.5.3.2.7: at least 5 minutes)."),
+    LimitSpec("smtp_data_timeout", 600, 10, 3600, "seconds",
+              "Time allowed between data blocks while a message is received."),
+    # --- IMAP
+    LimitSpec("imap_line_max", 65536, 1000, 10 * MIB, "bytes",
+              "Longest IMAP command line (literals not counted); RFC 7162 §4 suggests 8192 at least."),
+    LimitSpec("imap_literal_max", 50 * MIB, 1024, 2 * GIB, "bytes",
+              "Largest literal in a command other than APPEND's message."),
+    LimitSpec("imap_bad_commands_max", 20, 1, 1000, "count",
+              "Malformed commands before the connection is closed."),
+    LimitSpec("imap_idle_timeout", 1800, 60, 86400, "seconds",
+              "Idle time before an IMAP session is closed (RFC 9051 §5.4: at least 30 minutes)."),
+    LimitSpec("imap_unauth_timeout", 60, 5, 3600, "seconds",
+              "Time a connection may stay unauthenticated."),
+    # --- POP3
+    LimitSpec("pop3_line_max", 512, 255, 65536, "bytes",
+              "Longest POP3 command line (RFC 2449 §4: 255 octets plus CRLF at least)."),
+    LimitSpec("pop3_bad_commands_max", 20, 1, 1000, "count",
+              "Malformed commands before the connection is closed."),
+    LimitSpec("pop3_idle_timeout", 600, 60, 86400, "seconds",
+              "Idle time before a POP3 session is closed (RFC 1939 §3: at least 10 minutes)."),
+    # --- Authentication
+    LimitSpec("auth_failures_per_ip", 10, 1, 100000, "count",
+              "Failed logins from one IP within auth_failure_window before it is throttled."),
+    LimitSpec("auth_failures_per_account", 10, 1, 100000, "count",
+              "Failed logins for one account within auth_failure_window before it is throttled."),
+    LimitSpec("auth_failure_window", 300, 10, 86400, "seconds",
+              "Window over which failed logins are counted."),
+    LimitSpec("auth_failure_delay", 1, 0, 60, "seconds",
+              "Delay before a failed login is answered."),
+    LimitSpec("auth_pool_threads", 2, 1, 64, "count",
+              "Threads that check passwords (bcrypt)."),
+    LimitSpec("auth_pool_queue_max", 200, 1, 100000, "count",
+              "Password checks waiting for a thread before new ones are refused."),
+    LimitSpec("bcrypt_cost", 12, 4, 16, "log2 rounds",
+              "bcrypt cost for newly set passwords."),
+    LimitSpec("scram_iterations", 8192, 4096, 1000000, "count",
+              "PBKDF2 iterations for newly derived SCRAM-SHA-256 secrets (RFC 7677 §4: at least 4096)."),
+    # --- Connections
+    LimitSpec("connections_max", 2000, 1, 1000000, "count",
+              "Open client connections over all listeners."),
+    LimitSpec("connections_per_ip_max", 50, 1, 100000, "count",
+              "Open client connections from one IP address."),
+    # --- Store
+    LimitSpec("store_map_size", 64 * GIB, 1 * MIB, 1 << 40, "bytes",
+              "Maximum size of each LMDB environment (sparse; the file grows as needed)."),
+    LimitSpec("store_batch_max", 256, 1, 100000, "count",
+              "Writes committed together by one group commit."),
+    LimitSpec("store_queue_max", 10000, 1, 1000000, "count",
+              "Writes waiting for a shard's writer before new ones get a temporary error."),
+    LimitSpec("store_parse_threads", 2, 1, 64, "count",
+              "Threads that parse incoming messages into their stored IMAP facts."),
+    LimitSpec("mailbox_name_max", 400, 16, 480, "bytes",
+              "Longest mailbox name in UTF-8 (LMDB keys are at most 511 bytes)."),
+    LimitSpec("mailboxes_per_user_max", 10000, 10, 1000000, "count",
+              "Mailboxes one user may have."),
+    LimitSpec("quota_default", 0, 0, 1 << 50, "bytes",
+              "Storage quota for new users; 0 means unlimited."),
+    LimitSpec("shutdown_timeout", 30, 0, 3600, "seconds",
+              "Time sessions get to finish on SIGTERM."),
+)
+
+LIMITS_BY_NAME = {spec.name: spec for spec in LIMIT_SPECS}
+
+Limits = make_dataclass(
+    "Limits",
+    [(spec.name, int, field(default=spec.default)) for spec in LIMIT_SPECS],
+    frozen=True,
+)
+Limits.__doc__ = "The limits in force; each attribute is named by a :data:`LIMIT_SPECS` entry."
+
+
+def validate_limit(name: str, value: object) -> str | None:
+    """Return a problem text for ``value`` of limit ``name``, or ``None`` if valid."""
+    spec = LIMITS_BY_NAME.get(name)
+    if spec is None:
+        return "unknown key"
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"must be an integer ({spec.unit}), got {type(value).__name__}"
+    if not spec.minimum <= value <= spec.maximum:
+        return f"must be between {spec.minimum} and {spec.maximum} ({spec.unit}), got {value}"
+    return None

@@ -1,0 +1,129 @@
+"""The composition root: the only place that picks concrete classes and builds listeners.
+
+:class:`MailServer` opens the store, builds the shared services into a
+:class:`~mailserverd.context.ServerContext`, and listens on every configured
+listener, wrapping the implicit-TLS ones (smtps, imaps, pop3s) in TLS.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from mailserverd.auth.accounts import Authenticator
+from mailserverd.config import Config, ListenerConfig
+from mailserverd.context import ServerContext
+from mailserverd.delivery.local import LocalDelivery
+from mailserverd.store.lmdbstore import LMDBStore
+from mailserverd.tls import ServerTLS, TLSSettings
+
+log = Logger(namespace="mailserverd.service")
+
+
+def tls_settings(config: Config) -> TLSSettings:
+    """The ``[tls]`` table as what :mod:`mailserverd.tls` builds contexts from."""
+    return TLSSettings(
+        cert=str(config.tls.cert),
+        key=str(config.tls.key),
+        min_version=config.tls.min_version,
+        ciphers=config.tls.ciphers,
+    )
+
+
+def open_store(config: Config, reactor: Any = None) -> LMDBStore:
+    """Open (creating if needed) the store the config names; raises StoreError."""
+    return LMDBStore.open(str(config.server.data_dir), config.server.shards, config.limits, reactor=reactor)
+
+
+def protocol_factory(ctx: ServerContext, listener: ListenerConfig):
+    """The protocol factory for one listener (TLS-wrapped for implicit TLS)."""
+    if listener.protocol == "smtp":
+        from mailserverd.smtp.adapter import build_factory
+    elif listener.protocol == "imap":
+        from mailserverd.imap.adapter import build_factory
+    else:
+        from mailserverd.pop3.adapter import build_factory
+    factory = build_factory(ctx, listener)
+    if listener.implicit_tls:
+        # RFC 8314 §3: implicit TLS, the TLS handshake comes before any protocol byte.
+        factory = TLSMemoryBIOFactory(ctx.tls.server_creator(), False, factory)
+    return factory
+
+
+class MailServer:
+    """One running mailserverd: store, services and listeners.
+
+    ``start()`` returns a Deferred that fires once every listener is bound
+    (or fails with the first bind error after closing what was opened);
+    ``stop()`` stops listening, stops the password pool and drains the
+    store's writers so that every acknowledged write is committed.
+    """
+
+    def __init__(self, config: Config, reactor: Any):
+        self.config = config
+        self.reactor = reactor
+        self.store: LMDBStore | None = None
+        self.ctx: ServerContext | None = None
+        self.ports: list = []
+
+    def prepare(self) -> None:
+        """Load TLS material and open the store, synchronously, before the reactor runs.
+
+        Raises TLSSetupError or StoreError with a message for a person; nothing
+        is left open on failure.
+        """
+        if self.store is None:
+            self._tls = ServerTLS(tls_settings(self.config))
+            self.store = open_store(self.config, self.reactor)
+
+    @defer.inlineCallbacks
+    def start(self):
+        config = self.config
+        self.prepare()
+        tls = self._tls
+        self.store.start()
+        authenticator = Authenticator(self.store, config.limits, self.reactor, reactor=self.reactor)
+        authenticator.start()
+        delivery = LocalDelivery(self.store, config.server.hostname, self.reactor)
+        self.ctx = ServerContext(
+            config=config,
+            store=self.store,
+            authenticator=authenticator,
+            delivery=delivery,
+            tls=tls,
+            clock=self.reactor,
+        )
+        try:
+            for listener in config.listeners:
+                port = yield self._listen(listener)
+                self.ports.append(port)
+        except Exception:
+            yield self.stop()
+            raise
+        log.info(
+            "ready listeners={listeners} data_dir={data_dir} shards={shards}",
+            listeners=" ".join(f"{l.kind}:{l.address}:{l.port}" for l in config.listeners),
+            data_dir=str(config.server.data_dir),
+            shards=config.server.shards,
+        )
+
+    def _listen(self, listener: ListenerConfig):
+        endpoint_class = TCP6ServerEndpoint if ":" in listener.address else TCP4ServerEndpoint
+        endpoint = endpoint_class(self.reactor, listener.port, interface=listener.address)
+        return endpoint.listen(protocol_factory(self.ctx, listener))
+
+    @defer.inlineCallbacks
+    def stop(self):
+        ports, self.ports = self.ports, []
+        yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in ports])
+        if self.ctx is not None:
+            ctx, self.ctx = self.ctx, None
+            ctx.authenticator.stop()
+        if self.store is not None:
+            store, self.store = self.store, None
+            yield store.stop()
+        log.info("stopped")

@@ -1,0 +1,143 @@
+"""The one place TLS contexts are built, for STARTTLS/STLS and implicit TLS alike.
+
+:class:`ServerTLS` is a connection creator (``IOpenSSLServerConnectionCreator``)
+that both ``transport.startTLS()`` and ``TLSMemoryBIOFactory`` take. It loads the
+certificate chain and key from files (pyOpenSSL deprecates the object path), and
+:meth:`ServerTLS.reload` swaps in a new context without touching open
+connections, so SIGHUP can renew certificates with no restart.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from zope.interface import implementer
+
+#: Protocol version names accepted in ``[tls] min_version``.
+TLS_VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
+
+#: Default TLS 1.2 cipher list: forward secrecy and AEAD only (TLS 1.3 suites are fixed).
+DEFAULT_CIPHERS = (
+    "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS"
+)
+
+
+class TLSSetupError(Exception):
+    """The certificate or key cannot be loaded; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """What a server context is built from (the ``[tls]`` table)."""
+
+    cert: str
+    key: str
+    min_version: str = "TLSv1.2"
+    ciphers: str = DEFAULT_CIPHERS
+
+
+def build_server_context(settings: TLSSettings) -> SSL.Context:
+    """Return a server context for ``settings``; raise TLSSetupError naming what is wrong."""
+    for label, path in (("certificate", settings.cert), ("key", settings.key)):
+        if not os.path.isfile(path):
+            raise TLSSetupError(f"TLS {label} file {path!r} does not exist")
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(TLS_VERSIONS[settings.min_version])
+    ctx.set_options(
+        SSL.OP_NO_COMPRESSION  # CRIME
+        | SSL.OP_CIPHER_SERVER_PREFERENCE
+        | SSL.OP_NO_RENEGOTIATION
+        | SSL.OP_SINGLE_ECDH_USE
+    )
+    try:
+        ctx.set_cipher_list(settings.ciphers.encode("ascii"))
+        ctx.use_certificate_chain_file(settings.cert.encode())
+        ctx.use_privatekey_file(settings.key.encode())
+        ctx.check_privatekey()
+    except SSL.Error as exc:
+        raise TLSSetupError(
+            f"cannot use TLS certificate {settings.cert!r} with key {settings.key!r}: {exc}"
+        ) from exc
+    # Mail clients resume rarely; a small cache still helps reconnect storms.
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    ctx.set_session_id(b"mailserverd")
+    return ctx
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """Creates server-side TLS connections from the current context.
+
+    ``server_creator()`` returns this object; it is what ``transport.startTLS``
+    and ``TLSMemoryBIOFactory`` take. ``reload(settings)`` builds a new context
+    first and swaps only if that succeeds, so a bad certificate on reload keeps
+    the old one serving (and raises TLSSetupError for the caller to log).
+    """
+
+    def __init__(self, settings: TLSSettings):
+        self.settings = settings
+        self._context = build_server_context(settings)
+
+    def reload(self, settings: TLSSettings | None = None) -> None:
+        """Rebuild the context from ``settings`` (default: the current ones) and swap it in."""
+        settings = settings or self.settings
+        context = build_server_context(settings)
+        self.settings, self._context = settings, context
+
+    def server_creator(self) -> "ServerTLS":
+        return self
+
+    def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:  # noqa: N802 (Twisted's name)
+        return SSL.Connection(self._context, None)
+
+
+def write_self_signed(cert_path: str, key_path: str, hostnames: list[str]) -> None:
+    """Write a self-signed certificate and its key (mode 0600) for ``hostnames``.
+
+    For ``mailserverd dev`` only: clients must be told to trust it or to skip
+    verification. Valid for a year; names that parse as IP addresses become
+    IP SANs.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = []
+    for name in hostnames:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    with open(cert_path, "wb") as out:
+        out.write(cert.public_bytes(serialization.Encoding.PEM))
