@@ -90,8 +90,10 @@ def _with_store(config, work: Callable) -> int:
             outcome["status"] = 1
         finally:
             yield store.stop()
+        if outcome["status"]:
+            raise SystemExit(outcome["status"])  # task.react exits with this code
 
-    task.react(lambda reactor: main(reactor).addCallback(lambda _: None), [])
+    task.react(main, [])  # never returns: it ends the process with main's status
     return outcome["status"]
 
 
@@ -223,7 +225,7 @@ def cmd_domain(args) -> int:
 
 
 def cmd_user(args) -> int:
-    from mailserverd.mail.address import canonical
+    from mailserverd.mail.address import canonical, parse_address
 
     config = _load(args)
     password = _read_password(args) if args.action in ("add", "passwd") else None
@@ -231,7 +233,7 @@ def cmd_user(args) -> int:
     def work(store):
         if args.action == "add":
             quota = config.limits.quota_default if args.quota is None else args.quota
-            address = canonical(args.address)
+            address = canonical(parse_address(args.address))
             d = store.add_user(address, _credentials(config, password), quota)
             return d.addCallback(lambda user: print(f"added {user.address} (shard {user.shard})"))
         if args.action == "passwd":

@@ -1,0 +1,205 @@
+"""Local delivery: which local users a recipient reaches, and storing a message for them.
+
+:class:`LocalDelivery` is what the SMTP server calls for RCPT (``check_recipient``)
+and after the end of DATA (``deliver``). It adds the ``Received:`` trace header
+(RFC 5321 §4.4) and hands the message to the store; its Deferred fires only
+after the store has committed, so a 250 is never sent for mail that is not
+durable (RFC 5321 §4.2.5). Store errors become :class:`MailError` replies here,
+at the protocol edge.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import format_datetime
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailserverd.errors import MailError
+from mailserverd.mail.address import AddressError, canonical, split
+from mailserverd.store.errors import OverQuota, StoreError
+
+log = Logger(namespace="mailserverd.smtp")
+
+RELAY_DENIED = MailError("550", "5.7.1", "Relay access denied")
+TEMPORARY_FAILURE = MailError("451", "4.3.0", "Local error in processing, try again later", temporary=True)
+MAILBOX_FULL = MailError("552", "5.2.2", "Mailbox full")
+BAD_RECIPIENT = MailError("501", "5.1.3", "Bad recipient address")
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """Who handed us the message, for the ``Received:`` header (RFC 5321 §4.4).
+
+    ``helo`` is the HELO/EHLO name as sent; ``ip`` the peer's address;
+    ``reverse_name`` its verified reverse DNS name or ``""`` when unknown;
+    ``protocol`` the RFC 3848 ``with`` keyword (SMTP, ESMTP, ESMTPS...).
+    """
+
+    helo: str
+    ip: str
+    reverse_name: str = ""
+    protocol: str = "ESMTP"
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """A message that is durably stored: ``queue_id`` (also in the 250 reply),
+    the ``users`` it reached, and its stored ``size`` (Received: included)."""
+
+    queue_id: str
+    users: tuple[str, ...]
+    size: int
+
+
+def new_queue_id() -> str:
+    """A short random id naming one accepted message in replies and logs."""
+    return secrets.token_hex(6).upper()
+
+
+# Characters kept in header values we copy from the client (HELO name):
+# anything else could break the Received: syntax or inject a header.
+_UNSAFE_HEADER_TEXT = re.compile(r"[^A-Za-z0-9.\-:\[\]_]")
+
+
+def _header_safe(text: str) -> str:
+    return _UNSAFE_HEADER_TEXT.sub("_", text)[:255] or "unknown"
+
+
+def _address_literal(ip: str) -> str:
+    """``[192.0.2.1]`` or ``[IPv6:2001:db8::1]`` (RFC 5321 §4.1.3 address-literal)."""
+    try:
+        parsed = ipaddress.ip_address(ip)
+    except ValueError:
+        return "[unknown]"
+    if parsed.version == 6:
+        return f"[IPv6:{parsed.compressed}]"
+    return f"[{parsed}]"
+
+
+class LocalDelivery:
+    """Recipient checks and final delivery into the local store.
+
+    ``store`` implements ``Directory.resolve``/``get_domain`` and
+    ``MailStore.deliver`` (see :mod:`mailserverd.store.interface`);
+    ``hostname`` names this server in ``Received:``; ``clock`` (the reactor,
+    or a ``Clock`` in tests) gives the time for its date.
+    """
+
+    def __init__(self, store: Any, hostname: str, clock: Any):
+        self._store = store
+        self._hostname = hostname
+        self._clock = clock
+
+    def check_recipient(self, address: str) -> list[str]:
+        """The canonical local users that mail to ``address`` reaches.
+
+        ``[]`` means the domain is local but nobody has that address (the
+        caller answers 550 5.1.1). Raises MailError: 550 5.7.1 when the
+        domain is not local (the MX never relays), 501 for an address that
+        does not canonicalise, 451 when the directory cannot be read.
+        """
+        try:
+            key = canonical(address)
+            _, domain = split(key)
+        except AddressError:
+            raise BAD_RECIPIENT from None
+        try:
+            if self._store.get_domain(domain) is None:
+                raise RELAY_DENIED
+            return list(self._store.resolve(key))
+        except StoreError as error:
+            log.warn("recipient-check address={address} error={error!r}", address=key, error=error)
+            raise TEMPORARY_FAILURE from error
+
+    def received_header(self, client: ClientInfo, queue_id: str, recipients: list[str]) -> bytes:
+        """The ``Received:`` field we prepend (RFC 5321 §4.4, RFC 5322 §3.6.7), folded, CRLF-ended.
+
+        ``for <address>`` is given only for a single recipient, so that one
+        recipient's copy does not list the others (Bcc).
+        """
+        tcp_info = f"({_header_safe(client.reverse_name) if client.reverse_name else 'unknown'} " \
+                   f"{_address_literal(client.ip)})"
+        when = format_datetime(datetime.fromtimestamp(self._clock.seconds(), timezone.utc))
+        lines = [
+            f"Received: from {_header_safe(client.helo)} {tcp_info}",
+            f"\tby {self._hostname} (mailserverd) with {client.protocol} id {queue_id}",
+        ]
+        if len(recipients) == 1:
+            lines.append(f"\tfor <{recipients[0]}>; {when}")
+        else:
+            lines[-1] += ";"
+            lines.append(f"\t{when}")
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+    def deliver(self, sender: str, recipients: list[str], users: list[str], raw: bytes,
+                client: ClientInfo) -> "Deferred[DeliveryResult]":
+        """Store ``raw`` (CRLF lines, dot-unstuffed) in each user's INBOX.
+
+        ``sender`` is the reverse-path (``""`` for ``<>``), ``recipients``
+        the canonical RCPT addresses, ``users`` the local accounts they
+        resolved to. Prepends ``Received:``; changes nothing else.
+
+        Returns a Deferred that fires with a :class:`DeliveryResult` after the
+        store has durably committed, or fails with MailError: 552 5.2.2 when
+        every user is over quota, 451 4.3.0 otherwise. Logs one ``delivery``
+        line either way.
+        """
+        queue_id = new_queue_id()
+        message = self.received_header(client, queue_id, recipients) + raw
+        started = maybeDeferred(self._store.deliver, list(users), message)
+        started.addCallback(self._check_results, queue_id, users, len(message))
+        started.addErrback(self._to_mail_error, queue_id)
+        started.addBoth(self._log_delivery, queue_id, sender, recipients, len(message))
+        return started
+
+    def _check_results(self, results: dict, queue_id: str, users: list[str], size: int) -> DeliveryResult:
+        """Turn the store's per-user outcome into one result for the whole DATA.
+
+        In this foundation stage there are no per-recipient replies after DATA
+        (that needs LMTP-style replies, or accepting and bouncing), so a
+        message is acknowledged only if every user got it: one OverQuota for
+        all users -> 552 5.2.2; any other mix of failures -> 451 4.3.0, even
+        though some users may already hold the message (a retry may then
+        duplicate it for them, which RFC 5321 §4.2.5 prefers to losing it).
+        """
+        failures = {user: outcome for user, outcome in results.items() if isinstance(outcome, Exception)}
+        missing = [user for user in users if user not in results]
+        if not failures and not missing:
+            return DeliveryResult(queue_id, tuple(users), size)
+        for user, error in failures.items():
+            log.warn("delivery-failure id={queue_id} user={user} error={error!r}",
+                     queue_id=queue_id, user=user, error=error)
+        if not missing and len(failures) == len(users) and all(
+                isinstance(error, OverQuota) for error in failures.values()):
+            raise MAILBOX_FULL
+        raise TEMPORARY_FAILURE
+
+    def _to_mail_error(self, failure: Failure, queue_id: str) -> Failure:
+        """Let MailError through; a StoreError becomes 451; anything else is logged, then 451."""
+        if failure.check(MailError):
+            return failure
+        if not failure.check(StoreError):
+            log.failure("delivery-error id={queue_id}", failure, queue_id=queue_id)
+        return Failure(TEMPORARY_FAILURE)
+
+    def _log_delivery(self, outcome: Any, queue_id: str, sender: str, recipients: list[str],
+                      size: int) -> Any:
+        """Write the one ``delivery`` line; pass ``outcome`` on unchanged."""
+        if isinstance(outcome, Failure):
+            error = outcome.value
+            result = f"{error.code} {error.enhanced}" if isinstance(error, MailError) else "error"
+        else:
+            result = "ok"
+        log.info(
+            "delivery id={queue_id} from=<{sender}> to={recipients} size={size} result={result}",
+            queue_id=queue_id, sender=sender, recipients=",".join(recipients), size=size, result=result,
+        )
+        return outcome

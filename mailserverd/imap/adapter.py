@@ -1,0 +1,84 @@
+"""Twisted adapter for the IMAP session: a thin Protocol around :class:`ImapSession`.
+
+``build_factory(ctx, listener)`` is what :mod:`mailserverd.service` calls for
+each ``imap``/``imaps`` listener (it wraps ``imaps`` in TLS itself, so the
+session is told TLS is already on when ``listener.implicit_tls``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from mailserverd.imap.session import ImapSession
+
+log = Logger(namespace="mailserverd.imap")
+
+
+class _TransportOutput:
+    """The session's :class:`~mailserverd.imap.session.SessionOutput` over a transport."""
+
+    def __init__(self, protocol: "ImapServerProtocol"):
+        self._protocol = protocol
+
+    def write(self, data: bytes) -> None:
+        self._protocol.transport.write(data)
+
+    def start_tls(self) -> None:
+        # RFC 3501 §6.2.1: the tagged OK was written before this call, so it
+        # goes out in clear; Twisted starts TLS after what is already queued.
+        self._protocol.transport.startTLS(self._protocol.ctx.tls.server_creator())
+
+    def close(self) -> None:
+        self._protocol.transport.loseConnection()
+
+
+class ImapServerProtocol(Protocol):
+    """Feeds received bytes to an :class:`ImapSession` and carries out its output."""
+
+    def __init__(self, ctx: Any, listener: Any):
+        self.ctx = ctx
+        self.listener = listener
+        self.session: ImapSession | None = None
+
+    def connectionMade(self) -> None:  # noqa: N802 (Twisted's name)
+        peer = self.transport.getPeer()
+        client_ip = getattr(peer, "host", "") or ""
+        tls = bool(self.listener.implicit_tls)
+        log.info("connection protocol=imap ip={ip} tls={tls} listener={kind}",
+                 ip=client_ip, tls=tls, kind=self.listener.kind)
+        self.session = ImapSession(self.ctx, _TransportOutput(self), client_ip=client_ip, tls_active=tls)
+        self.session.start()
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.session.data_received(data)
+
+    def connectionLost(self, reason=None) -> None:  # noqa: N802
+        if self.session is not None:
+            self.session.connection_lost()
+
+
+class ImapServerFactory(Factory):
+    """Builds one :class:`ImapServerProtocol` per connection of a listener."""
+
+    def __init__(self, ctx: Any, listener: Any):
+        self.ctx = ctx
+        self.listener = listener
+
+    def buildProtocol(self, addr) -> ImapServerProtocol:  # noqa: N802
+        protocol = ImapServerProtocol(self.ctx, self.listener)
+        protocol.factory = self
+        return protocol
+
+
+def build_factory(ctx: Any, listener: Any) -> ImapServerFactory:
+    """The protocol factory for one IMAP listener.
+
+    Uses from ``ctx``: ``config.server.hostname``, ``config.auth.allow_plaintext``,
+    ``config.limits.imap_*``, ``store`` (MailStore reads, ``store_flags``),
+    ``authenticator.authenticate``, ``tls.server_creator()`` (STARTTLS) and
+    ``clock.callLater`` (timeouts). From ``listener``: ``kind`` and ``implicit_tls``.
+    """
+    return ImapServerFactory(ctx, listener)

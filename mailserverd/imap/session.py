@@ -1,0 +1,428 @@
+"""The IMAP session: per-connection state machine, sans-I/O.
+
+Bytes come in through :meth:`ImapSession.data_received`; everything the session
+does to the connection goes through its :class:`SessionOutput` (write bytes,
+start TLS, close), so the same core runs under the Twisted adapter and in
+transcript tests. Store calls and password checks may return Deferreds; while
+one is pending the session takes no further command from its input, so
+replies always come in command order (RFC 3501 §5.5 allows no more).
+
+States follow RFC 3501 §3: not authenticated -> authenticated <-> selected ->
+logout. Limits come from ``ctx.config.limits`` (imap_line_max,
+imap_literal_max, imap_bad_commands_max, imap_idle_timeout,
+imap_unauth_timeout).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailserverd.errors import MailError
+from mailserverd.imap import responses
+from mailserverd.imap.commands import (
+    NOT_YET_BUILT,
+    Command,
+    CommandSpec,
+    State,
+    lookup,
+)
+from mailserverd.imap.parser import (
+    ArgCursor,
+    CommandReader,
+    ContinuationNeeded,
+    FramedCommand,
+    LineTooLong,
+    LiteralRefused,
+    ParseError,
+    SequenceSet,
+    read_command_name,
+    read_tag,
+)
+from mailserverd.imap.responses import Completion
+from mailserverd.store.errors import StoreError
+
+log = Logger(namespace="mailserverd.imap")
+
+#: What the server implements, always (RFC 3501 §6.1.1; RFC 7888 LITERAL+).
+BASE_CAPABILITIES = ("IMAP4rev1", "LITERAL+")
+
+
+class SessionOutput(Protocol):
+    """What the session does to its connection (implemented by the adapter)."""
+
+    def write(self, data: bytes) -> None:
+        """Send bytes to the client, in order."""
+
+    def start_tls(self) -> None:
+        """Begin the server side of a TLS handshake; earlier writes go out in clear first."""
+
+    def close(self) -> None:
+        """Close the connection once written bytes are sent."""
+
+
+@dataclass
+class SelectedMailbox:
+    """The selected mailbox as this session sees it (RFC 3501 §2.3.1.2).
+
+    ``uids[seq - 1]`` is the UID of message sequence number ``seq``: the map
+    only changes when the session reports it (EXISTS, EXPUNGE), never behind
+    the client's back.
+    """
+
+    mailbox_id: int
+    name: str
+    readonly: bool
+    uidvalidity: int
+    uidnext: int
+    uids: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def seq_of(self, uid: int) -> int | None:
+        """The sequence number of ``uid``, or ``None`` if it is not in the map."""
+        index = bisect.bisect_left(self.uids, uid)
+        if index < len(self.uids) and self.uids[index] == uid:
+            return index + 1
+        return None
+
+    def resolve_seqs(self, seqset: SequenceSet) -> list[tuple[int, int]]:
+        """``(seq, uid)`` of each message a sequence-number set names, in order.
+
+        Raises ParseError (tagged BAD) for a number above the message count,
+        including ``*`` in an empty mailbox (RFC 3501 §9 seq-number).
+        """
+        count = len(self.uids)
+        wanted: set[int] = set()
+        for low, high in seqset.bounds(count):
+            if low < 1 or high > count:
+                raise ParseError("Invalid message sequence number")
+            wanted.update(range(low, high + 1))
+        return [(seq, self.uids[seq - 1]) for seq in sorted(wanted)]
+
+    def resolve_uids(self, seqset: SequenceSet) -> list[tuple[int, int]]:
+        """``(seq, uid)`` of each message a UID set names, in order.
+
+        UIDs not in the mailbox are ignored (RFC 3501 §6.4.8); ``*`` is the
+        last UID, or UIDNEXT in an empty mailbox (RFC 3501 §9), so ``n:*``
+        always includes the last message.
+        """
+        star = self.uids[-1] if self.uids else self.uidnext
+        indexes: set[int] = set()
+        for low, high in seqset.bounds(star):
+            start = bisect.bisect_left(self.uids, low)
+            stop = bisect.bisect_right(self.uids, high)
+            indexes.update(range(start, stop))
+        return [(index + 1, self.uids[index]) for index in sorted(indexes)]
+
+
+class ImapSession:
+    """One IMAP connection's protocol state.
+
+    Takes the server context, the output, the client's IP and whether TLS is
+    already on (implicit TLS). Call :meth:`start` once, then
+    :meth:`data_received` with each chunk and :meth:`connection_lost` at the
+    end. Handlers use the attributes ``ctx``, ``state``, ``user``,
+    ``selected``, ``tls_active``, ``client_ip`` and the methods documented
+    below; nothing else.
+    """
+
+    def __init__(self, ctx: Any, output: SessionOutput, *, client_ip: str, tls_active: bool):
+        self.ctx = ctx
+        self.output = output
+        self.client_ip = client_ip
+        self.tls_active = tls_active
+        self.limits = ctx.config.limits
+        self.hostname = ctx.config.server.hostname
+        self.state = State.NOT_AUTHENTICATED
+        self.user: str | None = None
+        self.selected: SelectedMailbox | None = None
+        self.reader = CommandReader(self.limits.imap_line_max, self._literal_allowed)
+        self.closed = False
+        self._busy = False
+        self._pumping = False
+        self._bad_commands = 0
+        self._tls_after_reply = False
+        self._close_after_reply = False
+        self._idle_timer = None
+        self._unauth_timer = None
+
+    # ------------------------------------------------------------------
+    # connection events
+
+    def start(self) -> None:
+        """Send the greeting and start the timers (RFC 3501 §7.1.1)."""
+        clock = self.ctx.clock
+        self._idle_timer = clock.callLater(self.limits.imap_idle_timeout, self._timed_out)
+        self._unauth_timer = clock.callLater(self.limits.imap_unauth_timeout, self._timed_out)
+        caps = " ".join(self.capabilities())
+        self.send(responses.untagged_status("OK", f"{self.hostname} ready", f"CAPABILITY {caps}"))
+
+    def data_received(self, data: bytes) -> None:
+        """Take bytes from the client and run every whole command they complete."""
+        if self.closed:
+            return
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.reset(self.limits.imap_idle_timeout)
+        self.reader.feed(data)
+        self._pump()
+
+    def connection_lost(self) -> None:
+        """The connection is gone: stop the timers, drop any later output."""
+        self.closed = True
+        self.state = State.LOGOUT
+        self._cancel_timers()
+
+    # ------------------------------------------------------------------
+    # what handlers use
+
+    def send(self, data: bytes) -> None:
+        """Write response bytes (nothing after the connection is closed)."""
+        if not self.closed:
+            self.output.write(data)
+
+    def capabilities(self) -> list[str]:
+        """The capabilities that work now (RFC 3501 §6.1.1, §6.2.3)."""
+        caps = list(BASE_CAPABILITIES)
+        if not self.tls_active and self.state is State.NOT_AUTHENTICATED:
+            caps.append("STARTTLS")
+            if not self.login_allowed():
+                caps.append("LOGINDISABLED")  # RFC 3501 §6.2.3
+        return caps
+
+    def login_allowed(self) -> bool:
+        """Whether passwords may be sent now: over TLS, or if plaintext is allowed."""
+        return self.tls_active or self.ctx.config.auth.allow_plaintext
+
+    def start_tls_after_reply(self) -> None:
+        """STARTTLS: after the tagged OK, drop buffered input and start TLS (RFC 3501 §6.2.1)."""
+        self._tls_after_reply = True
+
+    def close_after_reply(self) -> None:
+        """LOGOUT: close once the tagged reply is written (RFC 3501 §6.1.3)."""
+        self._close_after_reply = True
+
+    def logged_in(self, user: str) -> None:
+        """Enter the authenticated state as ``user`` (canonical address)."""
+        self.user = user
+        self.state = State.AUTHENTICATED
+        if self._unauth_timer is not None and self._unauth_timer.active():
+            self._unauth_timer.cancel()
+        self._unauth_timer = None
+
+    def select(self, mailbox: SelectedMailbox) -> None:
+        """Enter the selected state with ``mailbox``."""
+        self.selected = mailbox
+        self.state = State.SELECTED
+
+    def deselect(self) -> None:
+        """Leave the selected state (a SELECT that fails also does, RFC 3501 §6.3.1)."""
+        self.selected = None
+        if self.state is State.SELECTED:
+            self.state = State.AUTHENTICATED
+
+    def report_mailbox_changes(self) -> None:
+        """Tell the client about messages added to or removed from the selected mailbox.
+
+        Sends ``* n EXPUNGE`` for messages gone (highest first, so that no
+        renumbering is needed between them) and ``* n EXISTS`` when new ones
+        arrived (RFC 3501 §7.3.1, §7.4.1). Only called where EXPUNGE may be
+        sent (not during a command flagged USES_SEQS). The IMAP issue adds
+        flag changes (untagged FETCH) here from the change log.
+        """
+        mailbox = self.selected
+        if mailbox is None:
+            return
+        store = self.ctx.store
+        current = [info.uid for info in store.list_messages(self.user, mailbox.mailbox_id)]
+        present = set(current)
+        for seq in range(len(mailbox.uids), 0, -1):
+            if mailbox.uids[seq - 1] not in present:
+                del mailbox.uids[seq - 1]
+                self.send(responses.untagged(b"%d EXPUNGE" % seq))
+        known_last = mailbox.uids[-1] if mailbox.uids else 0
+        added = [uid for uid in current if uid > known_last]
+        if added:
+            mailbox.uids.extend(added)
+            mailbox.uidnext = max(mailbox.uidnext, added[-1] + 1)
+            self.send(responses.untagged(b"%d EXISTS" % len(mailbox.uids)))
+
+    # ------------------------------------------------------------------
+    # input processing
+
+    def _literal_allowed(self, first_line: bytes, size: int, total: int) -> bool:
+        """Literal policy: imap_literal_max per command; before login, no more than a line.
+
+        Nothing a client sends before authenticating needs a long literal
+        (LOGIN's two strings), so an unauthenticated peer cannot make us
+        buffer megabytes.
+        """
+        limit = self.limits.imap_literal_max
+        if self.state is State.NOT_AUTHENTICATED:
+            limit = min(limit, self.limits.imap_line_max)
+        return total <= limit
+
+    def _pump(self) -> None:
+        """Run framed input until a command waits, input runs out, or we close."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while not self._busy and not self.closed:
+                event = self.reader.next_event()
+                if event is None:
+                    break
+                if isinstance(event, FramedCommand):
+                    self._execute(event)
+                elif isinstance(event, ContinuationNeeded):
+                    self.send(responses.continuation("Ready for literal data"))
+                elif isinstance(event, LiteralRefused):
+                    self._literal_refused(event)
+                elif isinstance(event, LineTooLong):
+                    self.send(responses.untagged_status("BAD", "Command line too long", responses.TOOBIG))
+                    self._close("Too long command line")
+        finally:
+            self._pumping = False
+
+    def _literal_refused(self, event: LiteralRefused) -> None:
+        """Answer a refused literal; close if the client sent it without waiting."""
+        try:
+            tag = read_tag(ArgCursor((event.first_line,)))
+        except ParseError:
+            tag = b"*"
+        self.send(responses.tagged(tag, "BAD", "Literal too big", responses.TOOBIG))
+        if event.client_did_not_wait:
+            # Its bytes are already here, and may be anything; never run them.
+            self._close("Literal sent without waiting for continuation")
+            return
+        self._count_bad()
+
+    def _execute(self, framed: FramedCommand) -> None:
+        """Parse the command head, check the table and state, run the handler."""
+        if framed.segments == (b"",):
+            return  # an empty line is not a command; ignore it
+        cursor = ArgCursor(framed.segments)
+        try:
+            tag = read_tag(cursor)
+        except ParseError:
+            self._reply_bad(b"*", "Missing or invalid tag")
+            return
+        try:
+            name = read_command_name(cursor)
+        except ParseError:
+            self._reply_bad(tag, "Missing or invalid command name")
+            return
+        spec = lookup(name)
+        if spec is None:
+            if name in NOT_YET_BUILT:
+                self.send(responses.tagged(tag, "NO", f"{name} is not supported yet", responses.CANNOT))
+            else:
+                self._reply_bad(tag, "Unknown command")
+            return
+        if self.state not in spec.states:
+            self._reply_bad(tag, self._wrong_state_text(spec))
+            return
+        self._run(spec, Command(tag, name, cursor))
+
+    def _wrong_state_text(self, spec: CommandSpec) -> str:
+        if self.state is State.NOT_AUTHENTICATED:
+            return "Log in first"
+        if self.state is State.AUTHENTICATED and spec.states == frozenset({State.SELECTED}):
+            return "No mailbox selected"
+        return f"{spec.name} is not allowed in this state"
+
+    def _run(self, spec: CommandSpec, command: Command) -> None:
+        """Call the handler; a Deferred result holds further input until it fires."""
+        self._busy = True
+        try:
+            result = spec.run(self, command)
+        except Exception:  # each kind is sorted out in _fail
+            self._fail(Failure(), command)
+            return
+        if isinstance(result, Deferred):
+            result.addCallbacks(self._succeed, self._fail,
+                                callbackArgs=(command,), errbackArgs=(command,))
+            return
+        self._succeed(result, command)
+
+    def _succeed(self, completion: Completion | None, command: Command) -> None:
+        completion = completion or Completion(f"{command.name} completed")
+        self.send(responses.tagged(command.tag, "OK", completion.text, completion.code))
+        self._command_done()
+
+    def _fail(self, failure: Failure, command: Command) -> None:
+        """Answer a failed command: BAD for syntax, its own reply for a MailError,
+        the mapped reply for a store error, a generic temporary NO for a bug."""
+        error = failure.value
+        if isinstance(error, ParseError):
+            self._reply_bad(command.tag, str(error))
+        else:
+            if isinstance(error, StoreError):
+                error = responses.store_error_reply(error)
+            elif not isinstance(error, MailError):
+                log.failure("imap command {command} failed", failure, command=command.name)
+                error = responses.INTERNAL_ERROR
+            self.send(responses.tagged(command.tag, error.code, error.text, error.enhanced or None))
+            if error.code == "BAD":
+                self._count_bad()
+        self._command_done()
+
+    def _command_done(self) -> None:
+        """After a tagged reply: STARTTLS/LOGOUT follow-ups, then the next command."""
+        self._busy = False
+        if self._tls_after_reply:
+            self._tls_after_reply = False
+            # RFC 3501 §6.2.1 / CVE-2011-0411: what the client sent after the
+            # STARTTLS line was sent in clear; it is never read as a command.
+            self.reader.discard_buffered()
+            self.tls_active = True
+            if not self.closed:
+                self.output.start_tls()
+        if self._close_after_reply:
+            self._close(None)
+            return
+        if not self._pumping:
+            self._pump()
+
+    def _reply_bad(self, tag: bytes, text: str) -> None:
+        self.send(responses.tagged(tag, "BAD", text) if tag != b"*"
+                  else responses.untagged_status("BAD", text))
+        self._count_bad()
+
+    def _count_bad(self) -> None:
+        """Count a rejected command; at imap_bad_commands_max, say BYE and close."""
+        self._bad_commands += 1
+        if self._bad_commands >= self.limits.imap_bad_commands_max:
+            self._close("Too many invalid commands")
+
+    # ------------------------------------------------------------------
+    # ending
+
+    def _timed_out(self) -> None:
+        """An idle or unauthenticated timer fired (RFC 3501 §5.4 autologout)."""
+        self._idle_timer = self._unauth_timer = None
+        self._close("Autologout; idle for too long")
+
+    def _close(self, bye_text: str | None) -> None:
+        """Send ``* BYE bye_text`` (unless None: LOGOUT sent its own) and close."""
+        if self.closed:
+            return
+        if bye_text is not None:
+            self.send(responses.untagged_status("BYE", bye_text))
+        self._cancel_timers()
+        self.state = State.LOGOUT
+        self.selected = None
+        self.closed = True
+        self.output.close()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._idle_timer, self._unauth_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._idle_timer = self._unauth_timer = None

@@ -1,0 +1,409 @@
+"""The POP3 command table: each command's handler, the states it is valid in, its syntax.
+
+This is the one table (RFC 1939 commands plus CAPA of RFC 2449 and STLS of
+RFC 2595). The session looks the keyword up here, checks the state and the
+argument count, and calls the handler; nothing dispatches on client input by
+attribute name. The ``syntax`` string is both the documentation and the body
+of the reply to a malformed command.
+
+A handler takes ``(session, args)`` and returns a :class:`Reply`, an
+:class:`Outcome` (a reply plus a streamed body or an action), or a Deferred
+firing with one of those. It raises :class:`CommandSyntaxError` for a
+malformed argument, or a ``MailError`` carrying a ``-ERR`` reply. Store errors
+are mapped to replies here, at the protocol edge (:func:`reply_for_store_error`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterator, Union
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.python.failure import Failure
+
+from mailserverd.auth.accounts import AuthFailed, AuthThrottled, AuthUnavailable
+from mailserverd.pop3 import replies
+from mailserverd.pop3.dotstuff import stuff_chunks
+from mailserverd.pop3.replies import Reply
+from mailserverd.store.errors import Expunged, NotFound, StoreError
+from mailserverd.store.types import MessageInfo
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mailserverd.pop3.session import POP3Session
+
+#: Bytes of a message encoded and handed to the transport per step of RETR/TOP.
+BODY_CHUNK_SIZE = 64 * 1024
+
+#: Longest decimal number accepted as a message number or line count (fits 64 bits).
+_NUMBER_DIGITS_MAX = 18
+
+#: Server name advertised by the IMPLEMENTATION capability (RFC 2449 §6.9).
+IMPLEMENTATION = b"mailserverd"
+
+
+class State(enum.Enum):
+    """RFC 1939 §3 session states."""
+
+    AUTHORIZATION = "AUTHORIZATION"
+    TRANSACTION = "TRANSACTION"
+    UPDATE = "UPDATE"
+
+
+#: What the session does after sending an Outcome's reply (and body).
+THEN_CONTINUE = ""
+THEN_CLOSE = "close"
+THEN_STARTTLS = "starttls"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A handler's result: a reply, an optional body streamed after it, and what follows.
+
+    ``body`` yields wire bytes (already dot-stuffed and terminated); the session
+    reads no further command until the whole body has been handed to the
+    transport. ``then`` is one of THEN_CONTINUE, THEN_CLOSE, THEN_STARTTLS.
+    """
+
+    reply: Reply
+    body: Iterator[bytes] | None = None
+    then: str = THEN_CONTINUE
+
+
+HandlerResult = Union[Reply, Outcome, Deferred]
+
+
+class CommandSyntaxError(Exception):
+    """A command's arguments are malformed; the session answers with the command's syntax."""
+
+
+@dataclass
+class Maildrop:
+    """The user's INBOX as snapshotted at login (RFC 1939 §5).
+
+    Message numbers are 1-based positions in ``messages`` and stay fixed for
+    the session; mail arriving later is seen by the next session. ``deleted``
+    holds the numbers marked by DELE; nothing is removed before QUIT.
+    """
+
+    user: str
+    mailbox_id: int
+    uidvalidity: int
+    messages: tuple[MessageInfo, ...]
+    deleted: set[int] = field(default_factory=set)
+
+    def live(self) -> Iterator[tuple[int, MessageInfo]]:
+        """(number, message) of every message not marked deleted, in order."""
+        for index, message in enumerate(self.messages):
+            if index + 1 not in self.deleted:
+                yield index + 1, message
+
+    def summary(self) -> tuple[int, int]:
+        """(count, octets) of the messages not marked deleted."""
+        count = octets = 0
+        for _, message in self.live():
+            count += 1
+            octets += message.size
+        return count, octets
+
+    def unique_id(self, message: MessageInfo) -> bytes:
+        """RFC 1939 §7 UIDL: stable across sessions, 1-70 octets in 0x21-0x7E."""
+        return b"%d.%d" % (self.uidvalidity, message.uid)
+
+
+def parse_number(arg: bytes) -> int:
+    """A non-negative decimal number; raises CommandSyntaxError for anything else."""
+    if not arg.isdigit() or len(arg) > _NUMBER_DIGITS_MAX:
+        raise CommandSyntaxError(arg)
+    return int(arg)
+
+
+def _message(session: "POP3Session", arg: bytes) -> tuple[int, MessageInfo]:
+    """The live message numbered ``arg``; raises CommandSyntaxError or a MailError reply."""
+    number = parse_number(arg)
+    maildrop = session.maildrop
+    if not 1 <= number <= len(maildrop.messages) or number in maildrop.deleted:
+        raise _reply_error(replies.NO_SUCH_MESSAGE)
+    return number, maildrop.messages[number - 1]
+
+
+def _reply_error(reply: Reply):
+    return replies.failure(reply.text, reply.code)
+
+
+def reply_for_store_error(error: StoreError) -> Reply:
+    """The reply for a store error (Dovecot-style closed set, mapped at the edge)."""
+    if error.temporary:
+        return replies.TEMPORARY_FAILURE
+    if isinstance(error, (NotFound, Expunged)):
+        return replies.MESSAGE_GONE
+    return replies.PERMANENT_FAILURE
+
+
+def capabilities(session: "POP3Session") -> tuple[bytes, ...]:
+    """The CAPA list for the session's current state: only what works (RFC 2449 §5)."""
+    caps = []
+    if session.state is State.AUTHORIZATION and not session.tls_active:
+        caps.append(b"STLS")  # RFC 2595 §4: "present and permitted in the current state"
+    if session.plaintext_allowed():
+        caps.append(b"USER")
+    caps += [
+        b"TOP",
+        b"UIDL",
+        b"RESP-CODES",
+        b"AUTH-RESP-CODE",  # RFC 3206 §6: [AUTH] is sent on every credential problem
+        b"PIPELINING",  # RFC 2449 §6.6: commands are processed strictly one at a time, in order
+        b"IMPLEMENTATION " + IMPLEMENTATION,
+    ]
+    return tuple(caps)
+
+
+# --- AUTHORIZATION state ---------------------------------------------------
+
+def cmd_capa(session: "POP3Session", args: list[bytes]) -> HandlerResult:
+    """RFC 2449 §5 CAPA."""
+    return replies.ok(replies.CAPA_FOLLOWS, capabilities(session))
+
+
+def cmd_stls(session: "POP3Session", args: list[bytes]) -> HandlerResult:
+    """RFC 2595 §4 STLS: the session discards pipelined input and resets after the +OK."""
+    if session.tls_active:
+        return replies.TLS_ACTIVE
+    return Outcome(replies.STLS_BEGIN, then=THEN_STARTTLS)
+
+
+def cmd_user(session: "POP3Session", args: list[bytes]) -> HandlerResult:
+    """RFC 1939 §7 USER. Always +OK when accepted: the reply must not tell whether the user exists."""
+    if not session.plaintext_allowed():
+        # Refused at USER already, so that a client never gets as far as sending
+        # the password in the clear (RFC 2595 §4, RFC 8314 §3).
+        return replies.PLAINTEXT_DISALLOWED
+    try:
+        session.pending_user = args[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise CommandSyntaxError(args[0]) from None
+    return replies.USER_ACCEPTED
+
+
+def cmd_pass(session: "POP3Session", args: list[bytes]) -> HandlerResult:
+    """RFC 1939 §7 PASS: authenticate, then snapshot INBOX as the maildrop.
+
+    The whole rest of the line is the password (RFC 1939 §7 allows spaces in it).
+    """
+    if not session.plaintext_allowed():
+        return replies.PLAINTEXT_DISALLOWED
+    address, session.pending_user = session.pending_user, None
+    if address is None:
+        return replies.NO_USER_GIVEN
+    try:
+        password = args[0].decode("utf-8")
+    except UnicodeDecodeError:
+        return replies.AUTH_FAILED
+    d = maybeDeferred(
+        session.ctx.authenticator.authenticate, address, password, session.client_ip, mechanism="USER"
+    )
+    d.addCallbacks(lambda user: _open_maildrop(session, user), _authentication_failed)
+    return d
+
+
+def _authentication_failed(failure: Failure) -> Reply | Failure:
+    if failure.check(AuthFailed):
+        return replies.AUTH_FAILED
+    if failure.check(AuthThrottled, AuthUnavailable):
+        return replies.AUTH_TEMPORARILY_UNAVAILABLE
+    return failure  # unexpected: the session logs it and answers [SYS/TEMP]
+
+
+def _open_maildrop(session: "POP3Session", user: str) -> Reply:
+    """Snapshot ``user``'s INBOX and enter TRANSACTION (RFC 1939 §5)."""
+    if session.closed:
+        return replies.OK_PLAIN  # nobody to tell; enter no state for a dead connection
+    store = session.ctx.store
+    try:
+        mailbox = store.get_mailbox(user, "INBOX")
+        messages = tuple(store.list_messages(user, mailbox.mailbox_id))
+    except NotFound:
+        return replies.PERMANENT_FAILURE  # an account always has an INBOX: a broken account
+    except StoreError as error:
+        return reply_for_store_error(error)
+    maildrop = Maildrop(user, mailbox.mailbox_id, mailbox.uidvalidity, messages)
+    session.enter_transaction(maildrop)
+    return replies.maildrop_summary(*maildrop.summary())
+
+
+def cmd_quit(session: "POP3Session", args: list[bytes]) -> HandlerResult:
+    """RFC 1939 §6 QUIT: in TRANSACTION, remove the marked messages durably, then +OK and close."""
+    hostname = session.ctx.config.server.hostname
+    if session.state is not State.TRANSACTION:
+        return Outcome(replies.signing_off(hostname), then=THEN_CLOSE)
+    session.state = State.UPDATE
+    maildrop = session.maildrop
+    uids = [maildrop.messages[number - 1].uid for number in sorted(maildrop.deleted)]
+    if not uids:
+        return Outcome(replies.signing_off(hostname), then=THEN_CLOSE)
+    store = session.ctx.store
+    # \Deleted then expunge of exactly these UIDs: messages another session marked
+    # \Deleted (IMAP) are left for that session to expunge.
+    d = store.store_flags(maildrop.user, maildrop.mailbox_id, uids, "+", ["\\Deleted"])
+    d.addCallback(lambda _: store.expunge(maildrop.user, maildrop.mailbox_id, uids))
+    d.addCallback(lambda _: Outcome(replies.signing_off(hostname), then=THEN_CLOSE))
+    d.addErrback(_update_failed)
+    return d
+
+
+def _update_failed(failure: Failure) -> Outcome | Failure:
+    if failure.check(StoreError):
+        # RFC 1939 §6: "-ERR some deleted messages not removed"; the session ends anyway.
+        return Outcome(replies.NOT_ALL_REMOVED, then=THEN_CLOSE)
+    return failure
+
+
+# --- TRANSACTION state -----------------------------------------------------
+
+def cmd_stat(session: "POP3Session", args: list[bytes]) -> HandlerResult:
+    """RFC 1939 §5 STAT: "+OK count octets" of the messages not marked deleted."""
+    count, octets = session.maildrop.summary()
+    return replies.ok(f"{count} {octets}")
+
+
+def cmd_list(session: "POP3Session", args: list[bytes]) -> HandlerResult:
+    """RFC 1939 §5 LIST [msg]: sizes in octets of one or every live message."""
+    if args:
+        number, message = _message(session, args[0])
+        return replies.ok(f"{number} {message.size}")
+    lines = tuple(b"%d %d" % (number, message.size) for number, message in session.maildrop.live())
+    return replies.ok(replies.SCAN_LISTING_FOLLOWS, lines)
+
+
+def cmd_uidl(session: "POP3Session", args: list[bytes]) -> HandlerResult:
+    """RFC 1939 §7 UIDL [msg]: unique-ids of one or every live message."""
+    maildrop = session.maildrop
+    if args:
+        number, message = _message(session, args[0])
+        return replies.ok(f"{number} {maildrop.unique_id(message).decode('ascii')}")
+    lines = tuple(b"%d %s" % (number, maildrop.unique_id(message)) for number, message in maildrop.live())
+    return replies.ok(replies.UIDL_LISTING_FOLLOWS, lines)
+
+
+def _read_content(session: "POP3Session", message: MessageInfo) -> bytes:
+    """The stored bytes of ``message``; raises a MailError reply for store errors."""
+    try:
+        return session.ctx.store.read_message(session.maildrop.user, message.blob_id)
+    except StoreError as error:
+        raise _reply_error(reply_for_store_error(error)) from error
+
+
+def cmd_retr(session: "POP3Session", args: list[bytes]) -> HandlerResult:
+    """RFC 1939 §5 RETR msg: the exact stored message, dot-stuffed as a stream."""
+    _, message = _message(session, args[0])
+    content = _read_content(session, message)
+    return Outcome(replies.ok(f"{message.size} octets"), body=stuff_chunks(content, BODY_CHUNK_SIZE))
+
+
+def top_of_message(content: bytes, body_lines: int) -> bytes:
+    """The header, the blank line after it, and the first ``body_lines`` body lines (RFC 1939 §7).
+
+    A message without a blank line is all header and is returned whole.
+    """
+    if content.startswith(b"\r\n"):
+        position = 2
+    else:
+        end = content.find(b"\r\n\r\n")
+        if end < 0:
+            return content
+        position = end + 4
+    for _ in range(body_lines):
+        newline = content.find(b"\n", position)
+        if newline < 0:
+            return content
+        position = newline + 1
+    return content[:position]
+
+
+def cmd_top(session: "POP3Session", args: list[bytes]) -> HandlerResult:
+    """RFC 1939 §7 TOP msg n."""
+    _, message = _message(session, args[0])
+    body_lines = parse_number(args[1])
+    content = top_of_message(_read_content(session, message), body_lines)
+    return Outcome(replies.ok(replies.TOP_FOLLOWS), body=stuff_chunks(content, BODY_CHUNK_SIZE))
+
+
+def cmd_dele(session: "POP3Session", args: list[bytes]) -> HandlerResult:
+    """RFC 1939 §5 DELE msg: mark only; QUIT removes."""
+    number = parse_number(args[0])
+    maildrop = session.maildrop
+    if number in maildrop.deleted:
+        return replies.already_deleted(number)
+    if not 1 <= number <= len(maildrop.messages):
+        return replies.NO_SUCH_MESSAGE
+    maildrop.deleted.add(number)
+    return replies.message_deleted(number)
+
+
+def cmd_rset(session: "POP3Session", args: list[bytes]) -> HandlerResult:
+    """RFC 1939 §5 RSET: unmark every message marked deleted."""
+    session.maildrop.deleted.clear()
+    return replies.maildrop_summary(*session.maildrop.summary())
+
+
+def cmd_noop(session: "POP3Session", args: list[bytes]) -> HandlerResult:
+    """RFC 1939 §5 NOOP."""
+    return replies.OK_PLAIN
+
+
+# --- the table -------------------------------------------------------------
+
+Handler = Callable[["POP3Session", list[bytes]], HandlerResult]
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """One command: keyword, handler, states it is valid in, syntax and argument count.
+
+    ``whole_argument`` makes the rest of the line after "KEYWORD " one argument
+    (PASS); otherwise arguments are split on spaces and counted against
+    ``min_args``..``max_args``.
+    """
+
+    name: bytes
+    handler: Handler
+    states: frozenset[State]
+    syntax: str
+    min_args: int = 0
+    max_args: int = 0
+    whole_argument: bool = False
+
+
+_AUTH = frozenset({State.AUTHORIZATION})
+_TRANS = frozenset({State.TRANSACTION})
+_BOTH = _AUTH | _TRANS
+
+COMMANDS: dict[bytes, CommandSpec] = {
+    spec.name: spec
+    for spec in (
+        CommandSpec(b"CAPA", cmd_capa, _BOTH, "CAPA"),
+        CommandSpec(b"STLS", cmd_stls, _AUTH, "STLS"),
+        CommandSpec(b"USER", cmd_user, _AUTH, "USER name", 1, 1),
+        CommandSpec(b"PASS", cmd_pass, _AUTH, "PASS password", 1, 1, whole_argument=True),
+        CommandSpec(b"QUIT", cmd_quit, _BOTH, "QUIT"),
+        CommandSpec(b"STAT", cmd_stat, _TRANS, "STAT"),
+        CommandSpec(b"LIST", cmd_list, _TRANS, "LIST [msg]", 0, 1),
+        CommandSpec(b"UIDL", cmd_uidl, _TRANS, "UIDL [msg]", 0, 1),
+        CommandSpec(b"RETR", cmd_retr, _TRANS, "RETR msg", 1, 1),
+        CommandSpec(b"TOP", cmd_top, _TRANS, "TOP msg n", 2, 2),
+        CommandSpec(b"DELE", cmd_dele, _TRANS, "DELE msg", 1, 1),
+        CommandSpec(b"RSET", cmd_rset, _TRANS, "RSET"),
+        CommandSpec(b"NOOP", cmd_noop, _TRANS, "NOOP"),
+    )
+}
+
+
+def split_arguments(spec: CommandSpec, rest: bytes) -> list[bytes]:
+    """The arguments of a command line after its keyword; raises CommandSyntaxError."""
+    if spec.whole_argument:
+        args = [rest] if rest else []
+    else:
+        args = rest.split()
+    if not spec.min_args <= len(args) <= spec.max_args:
+        raise CommandSyntaxError(rest)
+    return args

@@ -1,0 +1,165 @@
+"""The one catalogue of SMTP server replies.
+
+Every reply the SMTP server sends is named here (``S250_OK``,
+``S550_NO_SUCH_USER``...), aiosmtpd-style, so that a reply code and its
+enhanced status code are chosen once and the transcripts can refer to them.
+
+Enhanced status codes (RFC 2034 §3, RFC 3463) are carried by every 2xx, 4xx
+and 5xx reply except the greeting and the replies to HELO and EHLO (RFC 2034
+§3 (4) excludes those), and never by 3xx replies. The classes agree with the
+reply code (a 4xx reply carries a 4.x.x code) - :class:`Reply` checks this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from mailserverd.errors import MailError
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One SMTP reply: a three-digit ``code``, an RFC 3463 ``enhanced`` code or ``""``,
+    and one or more ``lines`` of text.
+
+    :meth:`render` gives the wire bytes; a multi-line reply uses ``code-`` on
+    every line but the last (RFC 5321 §4.2.1) and repeats the enhanced code
+    on each line (RFC 2034 §4). Raises ValueError at construction when the
+    enhanced code's class disagrees with the reply code.
+    """
+
+    code: int
+    enhanced: str
+    lines: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.enhanced and self.enhanced[0] != str(self.code)[0]:
+            raise ValueError(f"enhanced code {self.enhanced} does not match {self.code}")
+        if not self.lines:
+            raise ValueError("a reply needs at least one line of text")
+
+    def with_text(self, *lines: str) -> "Reply":
+        """The same code and enhanced code with other text."""
+        return replace(self, lines=tuple(lines))
+
+    def render(self) -> bytes:
+        """The reply as wire bytes, CRLF after each line.
+
+        Text is sent as UTF-8 (it is ASCII except for addresses echoed back
+        under SMTPUTF8); CR and LF inside text are replaced by spaces so that
+        no reply can split into two.
+        """
+        prefix = f"{self.enhanced} " if self.enhanced else ""
+        out = []
+        for number, line in enumerate(self.lines):
+            separator = " " if number == len(self.lines) - 1 else "-"
+            text = line.replace("\r", " ").replace("\n", " ")
+            out.append(f"{self.code}{separator}{prefix}{text}\r\n".encode("utf-8"))
+        return b"".join(out)
+
+
+def reply(code: int, enhanced: str, *lines: str) -> Reply:
+    """Build a :class:`Reply` (a shorthand for the catalogue below)."""
+    return Reply(code, enhanced, tuple(lines))
+
+
+def from_mail_error(error: MailError) -> Reply:
+    """The reply a :class:`~mailserverd.errors.MailError` carries (its code must be SMTP's)."""
+    return Reply(int(error.code), error.enhanced, (error.text,))
+
+
+# --- greeting, HELO/EHLO (no enhanced codes: RFC 2034 §3 (4))
+
+
+def greeting(hostname: str) -> Reply:
+    """220 service ready (RFC 5321 §4.2, §3.1)."""
+    return reply(220, "", f"{hostname} ESMTP mailserverd")
+
+
+def helo_ok(hostname: str, client_name: str) -> Reply:
+    """250 to HELO (RFC 5321 §4.1.1.1)."""
+    return reply(250, "", f"{hostname} Hello {client_name}")
+
+
+def ehlo_ok(hostname: str, client_name: str, keywords: list[str]) -> Reply:
+    """Multi-line 250 to EHLO: the greeting line then one keyword per line (RFC 5321 §4.1.1.1)."""
+    return reply(250, "", f"{hostname} Hello {client_name}", *keywords)
+
+
+S501_HELO_SYNTAX = reply(501, "", "Syntax: HELO hostname")
+S501_EHLO_SYNTAX = reply(501, "", "Syntax: EHLO hostname")
+
+
+# --- success
+S250_OK = reply(250, "2.0.0", "Ok")
+S250_SENDER_OK = reply(250, "2.1.0", "Sender ok")
+S250_RECIPIENT_OK = reply(250, "2.1.5", "Recipient ok")
+S250_RESET = reply(250, "2.0.0", "Reset state")
+S252_CANNOT_VRFY = reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
+S220_READY_TLS = reply(220, "2.0.0", "Ready to start TLS")
+S221_BYE = reply(221, "2.0.0", "Bye")
+S354_START_DATA = reply(354, "", "End data with <CR><LF>.<CR><LF>")
+
+
+def queued(queue_id: str) -> Reply:
+    """250 after the message is durably stored (RFC 5321 §4.2.5)."""
+    return reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+
+def help_text(lines: list[str]) -> Reply:
+    """214 HELP (RFC 5321 §4.1.1.8)."""
+    return reply(214, "2.0.0", *lines)
+
+
+# --- temporary failures
+S421_IDLE_TIMEOUT = reply(421, "4.4.2", "Idle timeout, closing connection")
+S421_TOO_MANY_ERRORS = reply(421, "4.7.0", "Too many errors, closing connection")
+S421_TOO_MANY_COMMANDS = reply(421, "4.7.0", "Too many commands, closing connection")
+S421_LINE_FLOOD = reply(421, "4.7.0", "Line too long, closing connection")
+S451_LOCAL_ERROR = reply(451, "4.3.0", "Local error in processing, try again later")
+S452_TOO_MANY_RECIPIENTS = reply(452, "4.5.3", "Too many recipients")
+S454_TLS_UNAVAILABLE = reply(454, "4.7.0", "TLS not available")
+
+# --- permanent failures: syntax and sequence (RFC 5321 §4.2.4, RFC 3463 §3.6)
+S500_UNKNOWN_COMMAND = reply(500, "5.5.1", "Command unrecognized")
+S500_LINE_TOO_LONG = reply(500, "5.5.2", "Line too long")
+S500_BAD_LINE = reply(500, "5.5.2", "Command line must end with CRLF and hold no bare CR or NUL")
+S502_NOT_IMPLEMENTED = reply(502, "5.5.1", "Command not implemented")
+S503_HELO_FIRST = reply(503, "5.5.1", "Send HELO/EHLO first")
+S503_NESTED_MAIL = reply(503, "5.5.1", "Sender already specified")
+S503_MAIL_FIRST = reply(503, "5.5.1", "Send MAIL first")
+S503_RCPT_FIRST = reply(503, "5.5.1", "Send RCPT first")
+S503_ALREADY_TLS = reply(503, "5.5.1", "TLS already active")
+S503_BAD_SEQUENCE = reply(503, "5.5.1", "Bad sequence of commands")
+S554_NO_VALID_RECIPIENTS = reply(554, "5.5.1", "No valid recipients")
+S555_UNKNOWN_PARAMETER = reply(555, "5.5.4", "Unsupported parameter")
+
+
+def syntax_error(syntax: str) -> Reply:
+    """501 with the command's syntax (aiosmtpd's @syntax idea, RFC 5321 §4.2.2)."""
+    return reply(501, "5.5.4", f"Syntax: {syntax}")
+
+
+def bad_address(reason: str) -> Reply:
+    """501 5.1.3 for a path that does not parse (RFC 3463 §3.2: bad destination syntax)."""
+    return reply(501, "5.1.3", f"Bad address syntax: {reason}")
+
+
+def bad_sender_address(reason: str) -> Reply:
+    """501 5.1.7 for a reverse-path that does not parse (RFC 3463 §3.2)."""
+    return reply(501, "5.1.7", f"Bad sender address syntax: {reason}")
+
+
+def bad_parameter(text: str) -> Reply:
+    """501 5.5.4 for a known parameter with a bad value."""
+    return reply(501, "5.5.4", text)
+
+
+# --- permanent failures: recipients and content
+S550_NO_SUCH_USER = reply(550, "5.1.1", "No such user here")
+S550_RELAY_DENIED = reply(550, "5.7.1", "Relay access denied")
+# RFC 5321 §2.3.8: CR and LF only together, as CRLF (SMTP smuggling, CVE-2023-51764).
+S550_BARE_LINE_END = reply(550, "5.6.0", "Message rejected: bare CR or LF in data")
+S552_MESSAGE_TOO_BIG = reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+S552_LINE_TOO_LONG = reply(552, "5.3.4", "Message rejected: line too long")
+S552_MAILBOX_FULL = reply(552, "5.2.2", "Mailbox full")

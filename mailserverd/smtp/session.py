@@ -1,0 +1,530 @@
+"""The SMTP server session, sans I/O: bytes in, actions out.
+
+:class:`SMTPSession` holds one connection's state. The adapter feeds it
+whatever the transport delivers (:meth:`SMTPSession.data_received`) and carries
+out the :class:`Send`/:class:`StartTLS`/:class:`Close`/:class:`Wait` actions it
+returns, in order. It never touches a socket, a reactor or a clock.
+
+Pipelining (RFC 2920): input is buffered and executed one command at a time.
+When a command must wait (a recipient lookup or the store's commit after DATA)
+the session returns a :class:`Wait` and reads nothing more until the Deferred
+fires; so replies always leave in command order, and the mail text after a
+DATA is never read as commands.
+
+Framing rules enforced here, not in the handlers:
+
+- command lines end with CRLF and are at most ``smtp_line_max`` octets
+  (RFC 5321 §4.5.3.1.4); a longer line gets one 500 and the session resyncs
+  at its end, a flood without any LF is cut off (421);
+- after STARTTLS every byte already received is dropped (RFC 3207 §4.2,
+  the CVE-2011-0411 class);
+- the mail text is read by :class:`MessageReader` (dot-unstuffing as a stream,
+  only CRLF.CRLF ends it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, Union
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailserverd.delivery.local import ClientInfo, DeliveryResult
+from mailserverd.smtp import replies
+from mailserverd.smtp.commands import (
+    COMMANDS,
+    Phase,
+    Transaction,
+    is_bad_command_reply,
+    reply_for_error,
+)
+from mailserverd.smtp.replies import Reply
+
+log = Logger(namespace="mailserverd.smtp")
+
+
+# --- actions the adapter carries out
+
+
+@dataclass(frozen=True)
+class Send:
+    """Write ``data`` to the client."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class StartTLS:
+    """Start TLS on the transport now (after the preceding 220 was written)."""
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close the connection after everything before it was written."""
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Feed nothing until ``deferred`` fires; it fires (never fails) with the
+    next list of actions, which may end with another Wait."""
+
+    deferred: "Deferred[list[Action]]"
+
+
+Action = Union[Send, StartTLS, Close, Wait]
+
+
+# --- collaborators
+
+
+class RecipientDelivery(Protocol):
+    """The narrow delivery interface the session needs (LocalDelivery implements it)."""
+
+    def check_recipient(self, address: str) -> "list[str] | Deferred[list[str]]":
+        """Local users ``address`` reaches ([] = none); raises MailError to refuse it."""
+
+    def deliver(self, sender: str, recipients: list[str], users: list[str], raw: bytes,
+                client: ClientInfo) -> "Deferred[DeliveryResult]":
+        """Fires after the message is durable; fails with MailError."""
+
+
+@dataclass(frozen=True)
+class ListenerPolicy:
+    """What one listener allows: the seam where AUTH and relay rules will go.
+
+    ``kind`` is the listener kind (smtp, submission, smtps);
+    ``starttls_available`` says whether a TLS context exists for STARTTLS.
+    Until AUTH exists, submission and smtps accept mail like the MX does.
+    """
+
+    kind: str
+    starttls_available: bool = True
+
+    @classmethod
+    def for_listener(cls, listener: Any, tls_available: bool) -> "ListenerPolicy":
+        """The policy for a ``ListenerConfig``; STARTTLS only where TLS is not implicit."""
+        return cls(kind=listener.kind,
+                   starttls_available=tls_available and not listener.implicit_tls)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The client's address as the transport reports it."""
+
+    ip: str
+    port: int = 0
+
+
+# --- the mail text reader
+
+
+class MessageReader:
+    """Reads DATA mail text as a stream (RFC 5321 §4.5.2, §2.3.8).
+
+    :meth:`feed` takes bytes in chunks cut anywhere and returns how many it
+    consumed: all of them, or those up to and including the end-of-data line,
+    after which :attr:`done` is true and the rest belongs to the next command.
+    Only ``<CRLF>.<CRLF>`` ends the text (a ``.`` line right after the DATA
+    line counts too); ``\\n.\\n`` or ``\\r.\\n`` never does.
+
+    The text is unstuffed (a leading dot removed from each line) and kept
+    only while it is acceptable: a bare CR or LF, a line over ``line_max``
+    octets or a total over ``size_max`` sets :attr:`rejection` and drops what
+    was kept, but the reader still finds the real end. Memory is bounded by
+    ``size_max`` plus one line.
+    """
+
+    def __init__(self, size_max: int, line_max: int):
+        self.size_max = size_max
+        self.line_max = line_max
+        self.size = 0
+        self.done = False
+        self.rejection: Reply | None = None
+        self._parts: list[bytes] = []
+        self._partial = bytearray()  # the current incomplete line (bounded by line_max)
+        self._partial_overflowed = False  # the current line is already too long
+        self._previous_line_crlf = True  # the DATA line ended with CRLF
+
+    def feed(self, data: bytes) -> int:
+        """Consume ``data``; return the number of its bytes consumed."""
+        if self.done:
+            return 0
+        last_lf = data.rfind(b"\n")
+        if last_lf < 0:
+            self._hold(data)
+            return len(data)
+        held = len(self._partial)
+        block = bytes(self._partial) + data[:last_lf + 1] if held else data[:last_lf + 1]
+        overflowed = self._partial_overflowed
+        self._partial.clear()
+        self._partial_overflowed = False
+        end = self._complete_lines(block, overflowed)
+        if end >= 0:
+            self.done = True
+            return end - held
+        self._hold(data[last_lf + 1:])
+        return len(data)
+
+    def message(self) -> bytes:
+        """The unstuffed text received (only meaningful when done and not rejected)."""
+        return b"".join(self._parts)
+
+    def _reject(self, reply: Reply) -> None:
+        if self.rejection is None:
+            self.rejection = reply
+        self._parts = []
+
+    def _hold(self, data: bytes) -> None:
+        """Keep an incomplete line; once it is too long keep only its last byte (a CR?)."""
+        if not data:
+            return
+        if self._partial_overflowed:
+            self._partial[:] = data[-1:]
+            return
+        self._partial += data
+        if len(self._partial) > self.line_max:
+            # RFC 5321 §4.5.3.1.6 text line limit
+            self._reject(replies.S552_LINE_TOO_LONG)
+            self._partial_overflowed = True
+            del self._partial[:-1]
+
+    def _complete_lines(self, block: bytes, overflowed: bool) -> int:
+        """Process ``block`` (whole lines, starting at a line start); return the
+        index just past the end-of-data line, or -1 when it is not in ``block``."""
+        end = -1
+        if self._previous_line_crlf and not overflowed and block.startswith(b".\r\n"):
+            body, end = b"", 3
+        else:
+            found = block.find(b"\r\n.\r\n")
+            body = block if found < 0 else block[:found + 2]
+            if found >= 0:
+                end = found + 5
+        if body:
+            self._previous_line_crlf = body.endswith(b"\r\n")
+            self._add_text(body, overflowed)
+        return end
+
+    def _add_text(self, body: bytes, overflowed: bool) -> None:
+        """Check and keep whole lines of text (not containing the end line)."""
+        if self.rejection is not None:
+            return
+        line_ends = body.count(b"\r\n")
+        if body.count(b"\n") != line_ends or body.count(b"\r") != line_ends:
+            # RFC 5321 §2.3.8: CR and LF only as CRLF (SMTP smuggling class).
+            self._reject(replies.S550_BARE_LINE_END)
+            return
+        # RFC 5321 §4.5.2: drop the first dot of every line that starts with one.
+        if body.startswith(b".") and not overflowed:
+            body = body[1:]
+        body = body.replace(b"\r\n.", b"\r\n")
+        if len(body) > self.line_max and max(map(len, body.split(b"\n"))) + 1 > self.line_max:
+            self._reject(replies.S552_LINE_TOO_LONG)
+            return
+        self.size += len(body)
+        if self.size > self.size_max:
+            self._reject(replies.S552_MESSAGE_TOO_BIG)  # RFC 1870 §6.3
+            return
+        self._parts.append(body)
+
+
+# --- the session
+
+
+class SMTPSession:
+    """One SMTP server connection, sans I/O.
+
+    Takes the listener's :class:`ListenerPolicy`, a :class:`RecipientDelivery`,
+    the ``Limits``, our ``hostname``, the client's :class:`Peer` and whether TLS
+    is already active (implicit TLS). Call :meth:`greeting` once, then
+    :meth:`data_received` for each chunk; :meth:`timed_out` when the adapter's
+    idle timer fires, :meth:`connection_lost` when the transport is gone.
+    Every method returns the actions to carry out, in order.
+
+    The attributes below the first comment are what command handlers
+    (:mod:`mailserverd.smtp.commands`) read and change.
+    """
+
+    def __init__(self, policy: ListenerPolicy, delivery: RecipientDelivery, limits: Any,
+                 hostname: str, peer: Peer, tls_active: bool = False):
+        # read and changed by command handlers
+        self.policy = policy
+        self.delivery = delivery
+        self.limits = limits
+        self.hostname = hostname
+        self.peer = peer
+        self.tls_active = tls_active
+        self.phase = Phase.GREETED
+        self.helo_name: str | None = None
+        self.esmtp = False
+        self.transaction: Transaction | None = None
+        # framing and counters
+        self.closed = False
+        self.commands = 0
+        self.bad_commands = 0
+        self.messages_accepted = 0
+        self._input = bytearray()
+        self._discarding = 0  # bytes dropped of an over-long command line (0: not discarding)
+        self._reader: MessageReader | None = None
+        self._waiting = False
+        self._after_reply: list[str] = []  # "data", "tls", "close": flow changes after the reply
+
+    # --- what handlers call
+
+    def greet(self, name: str, esmtp: bool) -> None:
+        """Record HELO/EHLO; any transaction is dropped (RFC 5321 §4.1.4)."""
+        self.helo_name = name
+        self.esmtp = esmtp
+        self.transaction = None
+        self.phase = Phase.READY
+
+    def begin_transaction(self, transaction: Transaction) -> None:
+        """MAIL was accepted: start collecting recipients."""
+        self.transaction = transaction
+        self.phase = Phase.MAIL
+
+    def reset_transaction(self) -> None:
+        """RSET: drop the transaction; keep HELO/EHLO (RFC 5321 §4.1.1.5)."""
+        self.transaction = None
+        self.phase = Phase.READY if self.helo_name is not None else Phase.GREETED
+
+    def starttls_offered(self) -> bool:
+        """Whether STARTTLS is available now (RFC 3207 §4.2: never once TLS is on)."""
+        return self.policy.starttls_available and not self.tls_active
+
+    def begin_data(self) -> None:
+        """After this reply (354), read the mail text."""
+        self._after_reply.append("data")
+
+    def begin_tls(self) -> None:
+        """After this reply (220), drop buffered input, start TLS and reset."""
+        self._after_reply.append("tls")
+
+    def close_after_reply(self) -> None:
+        """After this reply, close the connection."""
+        self._after_reply.append("close")
+
+    # --- what the adapter calls
+
+    def greeting(self) -> list[Action]:
+        """The 220 greeting (RFC 5321 §4.3.1)."""
+        return [Send(replies.greeting(self.hostname).render())]
+
+    def data_received(self, data: bytes) -> list[Action]:
+        """Buffer ``data`` and run every complete command (or mail text) in it."""
+        if self.closed:
+            return []
+        self._input += data
+        if self._waiting:
+            if len(self._input) > self._held_input_max():
+                # A client pipelining far beyond one transaction (RFC 2920 §3.1
+                # groups end at DATA): refuse to buffer it without bound.
+                return self._close_now(replies.S421_TOO_MANY_COMMANDS, reply_now=False)
+            return []
+        return self._run()
+
+    def timed_out(self) -> list[Action]:
+        """The idle (or DATA) timer fired: 421 4.4.2 and close (RFC 5321 §4.5.3.2)."""
+        if self.closed:
+            return []
+        return self._close_now(replies.S421_IDLE_TIMEOUT)
+
+    def connection_lost(self) -> None:
+        """The transport is gone: ignore everything from now on."""
+        self.closed = True
+        self._input.clear()
+        self._reader = None
+
+    @property
+    def waiting(self) -> bool:
+        """True while a command waits; the adapter should pause reading and the idle timer."""
+        return self._waiting
+
+    @property
+    def in_data(self) -> bool:
+        """True while mail text is being read (the adapter uses the DATA timeout)."""
+        return self._reader is not None
+
+    # --- internals
+
+    def _held_input_max(self) -> int:
+        """Bytes we hold while a command waits: one full pipelined group
+        (RSET, MAIL, every RCPT, DATA, QUIT) of maximal lines."""
+        return (self.limits.smtp_recipients_max + 4) * self.limits.smtp_line_max
+
+    def _close_now(self, reply: Reply, reply_now: bool = True) -> list[Action]:
+        self.closed = True
+        self._input.clear()
+        self._reader = None
+        return ([Send(reply.render())] if reply_now else []) + [Close()]
+
+    def _run(self) -> list[Action]:
+        """Run buffered input until it runs out, a command waits or the session closes."""
+        actions: list[Action] = []
+        while not self.closed and not self._waiting and self._input:
+            if self._reader is not None:
+                actions += self._read_text()
+            else:
+                line = self._next_line(actions)
+                if line is None:
+                    break
+                if line:
+                    actions += self._run_command(line)
+        return actions
+
+    def _next_line(self, actions: list[Action]) -> bytes | None:
+        """Take one command line (LF-terminated) off the input; ``None`` when it
+        is incomplete, ``b""`` when a line was dropped (input remains to be run).
+
+        Over-long lines are dropped here with their 500 reply appended to
+        ``actions`` (RFC 5321 §4.5.3.1.4); input with no LF at all is dropped
+        as it comes, and cut off (421) past ``smtp_text_line_max`` octets.
+        """
+        line_max = self.limits.smtp_line_max
+        lf = self._input.find(b"\n")
+        if self._discarding:
+            if lf < 0:
+                self._discarding += len(self._input)
+                self._input.clear()
+                if self._discarding > self.limits.smtp_text_line_max:
+                    actions += self._close_now(replies.S421_LINE_FLOOD)
+                return None
+            del self._input[:lf + 1]
+            self._discarding = 0
+            actions += self._answer(replies.S500_LINE_TOO_LONG)
+            return b""
+        if lf < 0:
+            if len(self._input) > line_max:
+                self._discarding = len(self._input)
+                self._input.clear()
+            return None
+        line = bytes(self._input[:lf + 1])
+        del self._input[:lf + 1]
+        if len(line) > line_max:
+            actions += self._answer(replies.S500_LINE_TOO_LONG)
+            return b""
+        return line
+
+    def _run_command(self, line: bytes) -> list[Action]:
+        """Look the verb up in the table, check the phase, run the handler."""
+        self.commands += 1
+        if self.commands > self.limits.smtp_commands_max:
+            return self._close_now(replies.S421_TOO_MANY_COMMANDS)
+        if not line.endswith(b"\r\n") or b"\r" in line[:-2] or b"\0" in line:
+            return self._answer(replies.S500_BAD_LINE)  # RFC 5321 §2.3.8
+        verb, _, arg = line[:-2].partition(b" ")
+        command = COMMANDS.get(verb.upper())
+        if command is None:
+            return self._answer(replies.S500_UNKNOWN_COMMAND)
+        if self.phase not in command.phases:
+            return self._answer(command.sequence_reply(self.phase))
+        try:
+            outcome = command.handler(self, arg)
+        except Exception as error:  # mapped or logged in _error_reply
+            self._after_reply.clear()  # a failed command changes no flow
+            return self._answer(self._error_reply(Failure(error), verb))
+        if isinstance(outcome, Deferred):
+            return self._wait_for(outcome, verb)
+        return self._answer(outcome)
+
+    def _error_reply(self, failure: Failure, verb: bytes) -> Reply:
+        """The reply an expected error carries; an unexpected one is logged, then 451."""
+        known = reply_for_error(failure.value)
+        if known is not None:
+            return known
+        log.failure("command-error command={verb} peer={peer}", failure,
+                    verb=verb.decode("ascii", "replace"), peer=self.peer.ip)
+        return replies.S451_LOCAL_ERROR
+
+    def _wait_for(self, deferred: Deferred, verb: bytes) -> list[Action]:
+        """Answer with ``deferred``'s outcome: now if it has one already, else
+        stop reading (a :class:`Wait`) until it fires, then answer and go on."""
+        early: list[Any] = []
+        pending = False
+
+        def settle(outcome: Any) -> list[Action] | None:
+            if not pending:
+                early.append(outcome)
+                return None
+            self._waiting = False
+            if self.closed:
+                return []
+            return self._answer(self._outcome_reply(outcome, verb)) + self._run()
+
+        deferred.addBoth(settle)
+        if early:
+            return self._answer(self._outcome_reply(early[0], verb))
+        pending = True
+        self._waiting = True
+
+        def last_resort(failure: Failure) -> list[Action]:
+            log.failure("session-error peer={peer}", failure, peer=self.peer.ip)
+            return self._close_now(replies.S451_LOCAL_ERROR)
+
+        return [Wait(deferred.addErrback(last_resort))]
+
+    def _outcome_reply(self, outcome: Any, verb: bytes) -> Reply:
+        return self._error_reply(outcome, verb) if isinstance(outcome, Failure) else outcome
+
+    def _answer(self, reply: Reply) -> list[Action]:
+        """Send ``reply``, count a bad command, then carry out requested flow changes."""
+        if is_bad_command_reply(reply):
+            self.bad_commands += 1
+            if self.bad_commands > self.limits.smtp_bad_commands_max:
+                self._after_reply.clear()
+                return self._close_now(replies.S421_TOO_MANY_ERRORS)
+        actions: list[Action] = [Send(reply.render())]
+        changes, self._after_reply = self._after_reply, []
+        for change in changes:
+            if change == "data":
+                self._reader = MessageReader(self.limits.message_size_max,
+                                             self.limits.smtp_text_line_max)
+            elif change == "tls":
+                actions += self._start_tls()
+            elif change == "close":
+                self.closed = True
+                self._input.clear()
+                actions.append(Close())
+        return actions
+
+    def _start_tls(self) -> list[Action]:
+        """RFC 3207 §4.2: discard what the client sent after STARTTLS; forget
+        everything learnt before TLS (HELO, ESMTP, transaction)."""
+        self._input.clear()
+        self.tls_active = True
+        self.helo_name = None
+        self.esmtp = False
+        self.transaction = None
+        self.phase = Phase.GREETED
+        return [StartTLS()]
+
+    def _read_text(self) -> list[Action]:
+        """Feed buffered input to the mail text reader; at its end, deliver."""
+        reader = self._reader
+        consumed = reader.feed(bytes(self._input))
+        del self._input[:consumed]
+        if not reader.done:
+            return []
+        self._reader = None
+        transaction, self.transaction = self.transaction, None
+        self.phase = Phase.READY  # RFC 5321 §4.1.1.4: the transaction ends either way
+        if reader.rejection is not None:
+            return self._answer(reader.rejection)
+        client = ClientInfo(helo=self.helo_name or "", ip=self.peer.ip,
+                            protocol=self._with_protocol())
+        outcome = maybeDeferred(self.delivery.deliver, transaction.sender,
+                                list(transaction.recipients), list(transaction.users),
+                                reader.message(), client)
+        outcome.addCallback(self._accepted)
+        return self._wait_for(outcome, b"DATA")
+
+    def _accepted(self, result: DeliveryResult) -> Reply:
+        self.messages_accepted += 1
+        return replies.queued(result.queue_id)
+
+    def _with_protocol(self) -> str:
+        """RFC 3848 ``with`` keyword for Received:."""
+        if self.tls_active:
+            return "ESMTPS"
+        return "ESMTP" if self.esmtp else "SMTP"

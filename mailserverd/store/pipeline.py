@@ -1,0 +1,171 @@
+"""What happens to a write before it reaches its writer: parsing, and keeping call order.
+
+A message is parsed into its IMAP facts (and hashed) in a bounded thread pool,
+off both the reactor and the writer threads. Parsing takes different times,
+so an :class:`OrderedSubmitter` per writer keeps the promise that writes to
+one shard are applied in the order they were called: each write takes a slot
+when it is called and slots are handed to the writer strictly in order, each
+once its operation is ready.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Callable
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from mailserverd.store.blobs import blob_id_of
+from mailserverd.store.errors import StoreTemporaryError
+
+log = Logger()
+
+
+def _compute_facts(raw: bytes) -> dict:
+    """Facts of a message by :func:`mailserverd.mail.facts.compute_facts`.
+
+    Imported lazily (that module may be written after this one); until it
+    exists, or if it fails on a message, only ``{"size": len(raw)}`` is stored
+    (a message must be accepted even when it cannot be parsed).
+    """
+    try:
+        from mailserverd.mail.facts import compute_facts
+    except ImportError:
+        return {"size": len(raw)}
+    try:
+        return compute_facts(raw)
+    except Exception:
+        log.failure("computing facts of a {size}-byte message failed", size=len(raw))
+        return {"size": len(raw)}
+
+
+def prepare_message(raw: bytes) -> tuple[bytes, dict]:
+    """``(blob_id, facts)`` of a message: the work done in the parse pool."""
+    return blob_id_of(raw), _compute_facts(raw)
+
+
+class ParsePool:
+    """A bounded pool of threads that run :func:`prepare_message`.
+
+    Results come back through ``fire`` (see EnvWriter). At most ``queue_max``
+    jobs may be waiting or running; more fail at once with StoreTemporaryError.
+    """
+
+    def __init__(self, threads: int, queue_max: int, fire: Callable):
+        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="store-parse")
+        self._fire = fire
+        self._queue_max = queue_max
+        self._lock = threading.Lock()
+        self._pending = 0
+
+    def start(self) -> None:
+        self._pool.start()
+
+    def stop(self) -> None:
+        """Wait for running jobs and stop the threads (blocking)."""
+        self._pool.stop()
+
+    def prepare(self, raw: bytes) -> Deferred:
+        """Deferred ``(blob_id, facts)`` of ``raw``, computed in the pool."""
+        with self._lock:
+            if self._pending >= self._queue_max:
+                return fail(StoreTemporaryError("mail store is busy, try again later"))
+            self._pending += 1
+        deferred: Deferred = Deferred()
+
+        def done(success: bool, result) -> None:  # runs in a pool thread
+            with self._lock:
+                self._pending -= 1
+            if success:
+                self._fire(deferred.callback, result)
+            else:
+                self._fire(deferred.errback, result)
+
+        self._pool.callInThreadWithCallback(done, prepare_message, raw)
+        return deferred
+
+
+class _Slot:
+    __slots__ = ("deferred", "apply", "error", "done")
+
+    def __init__(self):
+        self.deferred: Deferred = Deferred()
+        self.apply = None
+        self.error = None
+        self.done = False
+
+
+class OrderedSubmitter:
+    """Hands writes to one EnvWriter in the order they were called (see module docstring)."""
+
+    def __init__(self, writer):
+        self.writer = writer
+        self._slots: collections.deque[_Slot] = collections.deque()
+        self._lock = threading.Lock()
+        self._idle_waiters: list[Deferred] = []
+
+    def reserve(self) -> _Slot:
+        """Take the next place in line. Raises StoreTemporaryError when the writer's
+        queue plus the writes waiting here reach its bound."""
+        with self._lock:
+            if len(self._slots) + self.writer.queued() >= self.writer.queue_max:
+                raise StoreTemporaryError("mail store is busy, try again later")
+            slot = _Slot()
+            self._slots.append(slot)
+            return slot
+
+    def fill(self, slot: _Slot, apply: Callable) -> None:
+        """The slot's operation is ready; submit it once every earlier slot is."""
+        slot.apply = apply
+        slot.done = True
+        self._flush()
+
+    def cancel(self, slot: _Slot, error) -> None:
+        """The slot's write failed before reaching the writer; fail its Deferred in turn."""
+        slot.error = error
+        slot.done = True
+        self._flush()
+
+    def submit(self, apply: Callable) -> Deferred:
+        """Reserve and fill at once; the Deferred fires after the commit."""
+        try:
+            slot = self.reserve()
+        except StoreTemporaryError as exc:
+            return fail(exc)
+        self.fill(slot, apply)
+        return slot.deferred
+
+    def idle(self) -> Deferred:
+        """A Deferred that fires when no slot is waiting (for a clean stop)."""
+        with self._lock:
+            if not self._slots:
+                return succeed(None)
+            waiter: Deferred = Deferred()
+            self._idle_waiters.append(waiter)
+            return waiter
+
+    def _flush(self) -> None:
+        ready = []
+        with self._lock:
+            while self._slots and self._slots[0].done:
+                slot = self._slots.popleft()
+                if slot.apply is not None:
+                    # submit under the lock so that the writer sees the call order
+                    ready.append((slot, self.writer.submit(slot.apply)))
+                else:
+                    ready.append((slot, None))
+            waiters = self._idle_waiters if not self._slots else []
+            if waiters:
+                self._idle_waiters = []
+        for slot, submitted in ready:
+            if submitted is not None:
+                submitted.chainDeferred(slot.deferred)
+            else:
+                error = slot.error
+                slot.deferred.errback(error if isinstance(error, Failure) else Failure(error))
+        for waiter in waiters:
+            waiter.callback(None)

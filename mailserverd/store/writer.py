@@ -1,0 +1,264 @@
+"""One writer thread per LMDB environment, with group commit.
+
+Callers (on the reactor thread) :meth:`EnvWriter.submit` an *operation*: a
+function that takes a :class:`WriteTxn` and returns a result or raises. The
+writer thread takes everything waiting (up to ``batch_max`` operations), opens
+one write transaction, runs each operation in its own nested transaction (so
+that one raising, e.g. OverQuota, is rolled back alone), commits the whole
+with fsync, and only then hands every caller its result or error through the
+``fire`` callable (``reactor.callFromThread`` in the daemon). That is group
+commit: one fsync serves the whole batch, and nothing is acknowledged before
+it is durable.
+
+When LMDB itself fails (map full, disk full, I/O error) nothing of the batch
+is committed. A failure inside an operation splits the batch so that the
+others are retried without it (ordering kept); a failure at commit fails
+every operation of the batch with StoreTemporaryError (a map-full commit is
+first retried in halves). The writer stays alive for later writes.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from contextlib import contextmanager
+from typing import Callable
+
+import lmdb
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
+
+from mailserverd.store.errors import StoreTemporaryError
+
+log = Logger()
+
+#: Seconds the writer waits idle before it clears stale reader slots.
+READER_CHECK_INTERVAL = 30.0
+
+
+class WriteTxn:
+    """What an operation gets: the current (nested) write transaction and the sub-databases."""
+
+    def __init__(self, env: lmdb.Environment, dbs: dict, txn: lmdb.Transaction):
+        self.env = env
+        self.dbs = dbs
+        self.txn = txn
+
+    @contextmanager
+    def nested(self):
+        """Run a block in a nested transaction: committed into the current one if
+        the block returns, rolled back alone if it raises (the error propagates)."""
+        outer = self.txn
+        child = self.env.begin(write=True, parent=outer)
+        self.txn = child
+        try:
+            yield self
+        except BaseException:
+            child.abort()
+            raise
+        else:
+            child.commit()
+        finally:
+            self.txn = outer
+
+
+class _WriteOp:
+    __slots__ = ("apply", "deferred")
+
+    def __init__(self, apply, deferred):
+        self.apply = apply
+        self.deferred = deferred
+
+
+class _BatchFailure(Exception):
+    """LMDB failed; nothing of the batch was committed."""
+
+    def __init__(self, cause: BaseException, op_index: int | None):
+        super().__init__(str(cause))
+        self.cause = cause
+        self.op_index = op_index  # the operation that raised, or None (begin/commit)
+
+
+def temporary_error_for(cause: BaseException) -> StoreTemporaryError:
+    """The StoreTemporaryError a caller sees for an LMDB or OS failure."""
+    if isinstance(cause, lmdb.MapFullError):
+        return StoreTemporaryError("mail store is full")
+    return StoreTemporaryError(f"I/O error in the mail store: {cause}")
+
+
+class EnvWriter:
+    """The single writer of one environment (see module docstring).
+
+    ``fire(fn, *args)`` must call ``fn(*args)`` on the thread that owns the
+    Deferreds (``reactor.callFromThread``; a direct call for tests/scripts
+    without a reactor, which then run callbacks on the writer thread).
+    Counters: ``commits`` (successful commits), ``ops_committed`` (operations
+    that succeeded in a committed transaction), ``ops_failed``.
+    ``after_commit``, if set, is called on the writer thread right after each
+    successful commit with the batch's outcomes ``[(ok, value), ...]``, before
+    any caller is told (tests use it to prove the ordering).
+    """
+
+    def __init__(self, store_env, name: str, fire: Callable, queue_max: int, batch_max: int):
+        self.store_env = store_env
+        self.name = name
+        self.batch_max = batch_max
+        self.queue_max = queue_max
+        self.commits = 0
+        self.ops_committed = 0
+        self.ops_failed = 0
+        self.after_commit: Callable | None = None
+        self._fire = fire
+        self._queue: collections.deque[_WriteOp] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------ caller side
+
+    def start(self) -> None:
+        """Start the writer thread (once)."""
+        self._thread = threading.Thread(target=self._run, name=f"store-writer-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, apply: Callable[[WriteTxn], object]) -> Deferred:
+        """Queue ``apply`` for the next batch; the Deferred fires after its commit.
+
+        Fails at once with StoreTemporaryError when the queue holds ``queue_max``
+        operations or the writer is stopping/stopped.
+        """
+        deferred: Deferred = Deferred()
+        with self._cond:
+            if self._stopping or self._thread is None:
+                return fail(StoreTemporaryError("mail store is not running"))
+            if len(self._queue) >= self.queue_max:
+                return fail(StoreTemporaryError("mail store is busy, try again later"))
+            self._queue.append(_WriteOp(apply, deferred))
+            self._cond.notify()
+        return deferred
+
+    def queued(self) -> int:
+        """Operations waiting for the writer."""
+        with self._cond:
+            return len(self._queue)
+
+    def stop(self) -> None:
+        """Ask the thread to finish what is queued, then exit (see :meth:`join`)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+
+    def join(self) -> None:
+        """Wait (blocking) for the thread to exit after :meth:`stop`."""
+        if self._thread is not None:
+            self._thread.join()
+
+    # ------------------------------------------------------------ writer thread
+
+    def _run(self) -> None:
+        self._reader_check()
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            try:
+                self._process(batch)
+            except BaseException as exc:  # a bug here must not strand callers
+                log.failure("store writer {name} crashed on a batch", name=self.name)
+                self._fire(self._fire_batch, batch, [(False, temporary_error_for(exc))] * len(batch))
+
+    def _take(self) -> list[_WriteOp] | None:
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                if not self._cond.wait(timeout=READER_CHECK_INTERVAL) and not self._queue:
+                    self._reader_check()
+            count = min(len(self._queue), self.batch_max)
+            return [self._queue.popleft() for _ in range(count)]
+
+    def _reader_check(self) -> None:
+        """Clear reader slots left by dead processes (LMDB does not on its own)."""
+        try:
+            self.store_env.env.reader_check()
+        except lmdb.Error:
+            log.failure("reader_check failed on {name}", name=self.name)
+
+    def _process(self, batch: list[_WriteOp]) -> None:
+        """Commit the batch (splitting it on an LMDB failure) and tell its callers."""
+        try:
+            outcomes = self._apply_and_commit(batch)
+        except _BatchFailure as failure:
+            if len(batch) > 1 and failure.op_index is not None:
+                # One operation hit LMDB's limits: retry the others without it, in order.
+                index = failure.op_index
+                for part in (batch[:index], batch[index:index + 1], batch[index + 1:]):
+                    if part:
+                        self._process(part)
+                return
+            if len(batch) > 1 and isinstance(failure.cause, lmdb.MapFullError):
+                half = len(batch) // 2
+                self._process(batch[:half])
+                self._process(batch[half:])
+                return
+            log.warn("store {name}: batch of {count} failed: {cause}",
+                     name=self.name, count=len(batch), cause=failure.cause)
+            self.ops_failed += len(batch)
+            error = temporary_error_for(failure.cause)
+            self._fire(self._fire_batch, batch, [(False, error)] * len(batch))
+            return
+        self.commits += 1
+        for ok, _ in outcomes:
+            if ok:
+                self.ops_committed += 1
+            else:
+                self.ops_failed += 1
+        if self.after_commit is not None:
+            try:
+                self.after_commit(outcomes)
+            except Exception:
+                log.failure("after_commit hook of {name} failed", name=self.name)
+        self._fire(self._fire_batch, batch, outcomes)
+
+    def _apply_and_commit(self, batch: list[_WriteOp]) -> list[tuple[bool, object]]:
+        """Run each op in a nested transaction, commit once. Raises _BatchFailure."""
+        env = self.store_env.env
+        try:
+            txn = env.begin(write=True)
+        except lmdb.Error as exc:
+            raise _BatchFailure(exc, None) from None
+        try:
+            outcomes = [self._apply_one(env, txn, op, index) for index, op in enumerate(batch)]
+            txn.commit()
+        except _BatchFailure:
+            txn.abort()
+            raise
+        except (lmdb.Error, OSError) as exc:
+            txn.abort()
+            raise _BatchFailure(exc, None) from None
+        except BaseException:
+            txn.abort()
+            raise
+        return outcomes
+
+    def _apply_one(self, env, txn, op: _WriteOp, index: int) -> tuple[bool, object]:
+        """Run one op in a nested transaction; (True, result) or (False, its error)."""
+        work = WriteTxn(env, self.store_env.dbs, txn)
+        try:
+            with work.nested():
+                value = op.apply(work)
+        except lmdb.Error as exc:
+            raise _BatchFailure(exc, index) from None
+        except Exception as exc:  # the op's own error (OverQuota, NotFound, a bug): only it fails
+            return False, exc
+        return True, value
+
+    @staticmethod
+    def _fire_batch(batch: list[_WriteOp], outcomes: list[tuple[bool, object]]) -> None:
+        """Runs on the Deferreds' thread: tell every caller of the batch."""
+        for op, (ok, value) in zip(batch, outcomes):
+            if ok:
+                op.deferred.callback(value)
+            else:
+                op.deferred.errback(value)
