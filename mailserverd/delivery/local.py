@@ -24,13 +24,15 @@ from twisted.python.failure import Failure
 
 from mailserverd.errors import MailError
 from mailserverd.mail.address import AddressError, canonical, split
-from mailserverd.store.errors import OverQuota, StoreError
+from mailserverd.store.errors import OverQuota, StoreError, StoreFull
 
 log = Logger(namespace="mailserverd.smtp")
 
 RELAY_DENIED = MailError("550", "5.7.1", "Relay access denied")
 TEMPORARY_FAILURE = MailError("451", "4.3.0", "Local error in processing, try again later", temporary=True)
 MAILBOX_FULL = MailError("552", "5.2.2", "Mailbox full")
+# RFC 5321 §4.2.3 452 "insufficient system storage", RFC 3463 X.3.1 "mail system full".
+STORE_FULL = MailError("452", "4.3.1", "Insufficient system storage, try again later", temporary=True)
 BAD_RECIPIENT = MailError("501", "5.1.3", "Bad recipient address")
 
 
@@ -180,12 +182,16 @@ class LocalDelivery:
         if not missing and len(failures) == len(users) and all(
                 isinstance(error, OverQuota) for error in failures.values()):
             raise MAILBOX_FULL
+        if any(isinstance(error, StoreFull) for error in failures.values()):
+            raise STORE_FULL
         raise TEMPORARY_FAILURE
 
     def _to_mail_error(self, failure: Failure, queue_id: str) -> Failure:
         """Let MailError through; a StoreError becomes 451; anything else is logged, then 451."""
         if failure.check(MailError):
             return failure
+        if failure.check(StoreFull):
+            return Failure(STORE_FULL)
         if not failure.check(StoreError):
             log.failure("delivery-error id={queue_id}", failure, queue_id=queue_id)
         return Failure(TEMPORARY_FAILURE)

@@ -24,6 +24,15 @@ class StoreTemporaryError(StoreError):
     temporary = True
 
 
+class StoreFull(StoreTemporaryError):
+    """The store ran out of room (LMDB map full, or the disk full). Nothing was committed.
+
+    Protocols answer with their "insufficient storage" reply (SMTP 452 4.3.1,
+    RFC 5321 §4.2.3 and RFC 3463 §3.4); freeing space or raising
+    ``store_map_size`` fixes it without a restart of clients.
+    """
+
+
 class NotFound(StoreError):
     """The user, mailbox or message does not exist."""
 

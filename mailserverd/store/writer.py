@@ -20,6 +20,8 @@ first retried in halves). The writer stays alive for later writes.
 from __future__ import annotations
 
 import collections
+import errno
+import shutil
 import threading
 from contextlib import contextmanager
 from typing import Callable
@@ -28,7 +30,7 @@ import lmdb
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
-from mailserverd.store.errors import StoreTemporaryError
+from mailserverd.store.errors import StoreFull, StoreTemporaryError
 
 log = Logger()
 
@@ -79,11 +81,28 @@ class _BatchFailure(Exception):
         self.op_index = op_index  # the operation that raised, or None (begin/commit)
 
 
-def temporary_error_for(cause: BaseException) -> StoreTemporaryError:
-    """The StoreTemporaryError a caller sees for an LMDB or OS failure."""
+#: Free space below which a failed write is blamed on a full disk.
+DISK_NEARLY_FULL = 16 * 1024 * 1024
+
+
+def temporary_error_for(cause: BaseException, path: str | None = None) -> StoreTemporaryError:
+    """The StoreTemporaryError a caller sees for an LMDB or OS failure in the env at ``path``.
+
+    LMDB reports a write that ran out of disk as EIO (a short write), so an
+    I/O error on a file system with almost no free space is taken as full.
+    """
     if isinstance(cause, lmdb.MapFullError):
-        return StoreTemporaryError("mail store is full")
+        return StoreFull("mail store is full (store_map_size reached)")
+    if getattr(cause, "errno", None) == errno.ENOSPC or (path is not None and _disk_nearly_full(path)):
+        return StoreFull("mail store is full (no space left on device)")
     return StoreTemporaryError(f"I/O error in the mail store: {cause}")
+
+
+def _disk_nearly_full(path: str) -> bool:
+    try:
+        return shutil.disk_usage(path).free < DISK_NEARLY_FULL
+    except OSError:
+        return False
 
 
 class EnvWriter:
@@ -166,7 +185,7 @@ class EnvWriter:
                 self._process(batch)
             except BaseException as exc:  # a bug here must not strand callers
                 log.failure("store writer {name} crashed on a batch", name=self.name)
-                self._fire(self._fire_batch, batch, [(False, temporary_error_for(exc))] * len(batch))
+                self._fire(self._fire_batch, batch, [(False, temporary_error_for(exc, self.store_env.path))] * len(batch))
 
     def _take(self) -> list[_WriteOp] | None:
         with self._cond:
@@ -205,7 +224,7 @@ class EnvWriter:
             log.warn("store {name}: batch of {count} failed: {cause}",
                      name=self.name, count=len(batch), cause=failure.cause)
             self.ops_failed += len(batch)
-            error = temporary_error_for(failure.cause)
+            error = temporary_error_for(failure.cause, self.store_env.path)
             self._fire(self._fire_batch, batch, [(False, error)] * len(batch))
             return
         self.commits += 1
