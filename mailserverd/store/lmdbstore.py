@@ -80,9 +80,9 @@ class LMDBStore:
             EnvWriter(env, f"shard-{number:02d}", fire, limits.store_queue_max, batch)
             for number, env in enumerate(shard_envs)
         ]
-        self._meta_submitter = OrderedSubmitter(self.meta_writer)
-        self._submitters = [OrderedSubmitter(writer) for writer in self.shard_writers]
-        self._parse_pool = ParsePool(limits.store_parse_threads, limits.store_queue_max, fire)
+        self._meta_submitter = OrderedSubmitter(self.meta_writer, fire)
+        self._submitters = [OrderedSubmitter(writer, fire) for writer in self.shard_writers]
+        self._parse_pool = ParsePool(limits.store_parse_threads, limits.store_queue_max)
         self._mailbox_limits = MailboxLimits(limits.mailbox_name_max, limits.mailboxes_per_user_max)
         self._running = False
         self._closed = False
@@ -405,13 +405,16 @@ class LMDBStore:
         name_max = self.limits.mailbox_name_max
         submitter = self._submitters[account.shard]
 
-        def parsed(prepared):
+        def parsed(prepared):  # in a parse thread
             blob_id, facts = prepared
             submitter.fill(slot, lambda w: messages.append(
                 w, account.user_id, mailbox, name_max, blob_id, raw, facts, flag_set, date,
                 account.quota))
 
-        self._parse_pool.prepare(raw).addCallbacks(parsed, lambda f: submitter.cancel(slot, f))
+        try:
+            self._parse_pool.prepare(raw, parsed, lambda f: submitter.cancel(slot, f))
+        except StoreTemporaryError as exc:
+            submitter.cancel(slot, exc)
         return slot.deferred
 
     def deliver(self, users: Iterable[str], raw: bytes, internaldate: int | None = None) -> Deferred:
@@ -443,7 +446,7 @@ class LMDBStore:
         date = int(time.time()) if internaldate is None else int(internaldate)
         name_max = self.limits.mailbox_name_max
 
-        def parsed(prepared):
+        def parsed(prepared):  # in a parse thread
             blob_id, facts = prepared
             for number, slot in slots.items():
                 recipients = by_shard[number]
@@ -452,9 +455,13 @@ class LMDBStore:
 
         def not_parsed(failure):
             for number, slot in slots.items():
-                self._submitters[number].cancel(slot, failure)
+                if not slot.done:
+                    self._submitters[number].cancel(slot, failure)
 
-        self._parse_pool.prepare(raw).addCallbacks(parsed, not_parsed)
+        try:
+            self._parse_pool.prepare(raw, parsed, not_parsed)
+        except StoreTemporaryError as exc:
+            not_parsed(exc)
 
         def collect(outcomes):
             for (ok, value), number in zip(outcomes, slots):
@@ -465,6 +472,10 @@ class LMDBStore:
                         results[given_name[address]] = value.value
             return results
 
+        if len(slots) == 1:  # the common case: no DeferredList needed
+            [(number, slot)] = slots.items()
+            return slot.deferred.addCallbacks(
+                lambda value: collect([(True, value)]), lambda failure: collect([(False, failure)]))
         shard_numbers = list(slots)
         deferreds = [slots[number].deferred for number in shard_numbers]
         return DeferredList(deferreds, consumeErrors=True).addCallback(collect)

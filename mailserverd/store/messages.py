@@ -74,6 +74,8 @@ def append(w, user_id: int, mailbox_name: str, name_max: int, blob_id: bytes, ra
     mailbox_id, mailbox = shard.require_mailbox_named(w.txn, w.dbs, user_id, mailbox_name, name_max)
     size = len(raw)
     check_quota(account, quota, size)
+    if mailbox.uidnext > keys.UID_MAX:  # checked before the first write (see deliver)
+        raise LimitExceeded("mailbox has used up its UIDs")  # RFC 9051 §2.3.1.1
     seq = shard.next_seq(w)
     message = _insert(w, user_id, mailbox_id, mailbox, flags, internaldate, size, blob_id, seq)
     blobs.add_blob_refs(w.txn, w.dbs, blob_id, raw, facts, 1)
@@ -94,6 +96,15 @@ def deliver(w, recipients: list[tuple[str, int, int]], name_max: int, blob_id: b
     NotFound) leaves the others delivered. Returns ``{address: AppendResult or
     the StoreError}``; LMDB errors propagate (the whole batch then fails).
     """
+    if len(recipients) == 1:
+        # The writer isolates a failing operation itself; a nested transaction
+        # here would only cost LMDB calls (see writer.EnvWriter._apply_and_commit).
+        (address, user_id, quota), = recipients
+        try:
+            return {address: append(w, user_id, shard.INBOX, name_max, blob_id, raw, facts,
+                                    frozenset(), internaldate, quota)}
+        except (NotFound, OverQuota, LimitExceeded) as exc:
+            return {address: exc}  # append raises these before its first write
     outcome: dict = {}
     for address, user_id, quota in recipients:
         try:

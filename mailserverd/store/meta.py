@@ -10,6 +10,8 @@ a domain's users and aliases are one range scan.
 
 from __future__ import annotations
 
+import functools
+
 import dataclasses
 
 from mailserverd.mail.address import AddressError, canonical, canonical_domain
@@ -42,8 +44,13 @@ def domain_key(name: str) -> str:
     return key
 
 
+@functools.lru_cache(maxsize=4096)
 def address_key(address: str) -> str:
-    """The stored form of an address, or of ``@domain`` (a catch-all). Raises InvalidName."""
+    """The stored form of an address, or of ``@domain`` (a catch-all). Raises InvalidName.
+
+    A pure function of its argument, so its results are cached: every
+    delivery and login looks an address up, and canonicalising is parsing.
+    """
     address = address.strip()
     if address.startswith("@"):
         return "@" + domain_key(address[1:])

@@ -3,8 +3,8 @@
 Callers (on the reactor thread) :meth:`EnvWriter.submit` an *operation*: a
 function that takes a :class:`WriteTxn` and returns a result or raises. The
 writer thread takes everything waiting (up to ``batch_max`` operations), opens
-one write transaction, runs each operation in its own nested transaction (so
-that one raising, e.g. OverQuota, is rolled back alone), commits the whole
+one write transaction, runs the operations in it (one that raises, e.g.
+OverQuota, is left out and the others replayed without it), commits the whole
 with fsync, and only then hands every caller its result or error through the
 ``fire`` callable (``reactor.callFromThread`` in the daemon). That is group
 commit: one fsync serves the whole batch, and nothing is acknowledged before
@@ -148,14 +148,26 @@ class EnvWriter:
         operations or the writer is stopping/stopped.
         """
         deferred: Deferred = Deferred()
+        try:
+            self.enqueue(apply, deferred)
+        except StoreTemporaryError as exc:
+            return fail(exc)
+        return deferred
+
+    def enqueue(self, apply: Callable[[WriteTxn], object], deferred: Deferred) -> None:
+        """Queue ``apply``; ``deferred`` is fired after its commit.
+
+        Raises StoreTemporaryError (and leaves ``deferred`` alone) when the
+        writer is full, stopping or stopped. Fires nothing synchronously, so
+        callers may hold their own locks.
+        """
         with self._cond:
             if self._stopping or self._thread is None:
-                return fail(StoreTemporaryError("mail store is not running"))
+                raise StoreTemporaryError("mail store is not running")
             if len(self._queue) >= self.queue_max:
-                return fail(StoreTemporaryError("mail store is busy, try again later"))
+                raise StoreTemporaryError("mail store is busy, try again later")
             self._queue.append(_WriteOp(apply, deferred))
             self._cond.notify()
-        return deferred
 
     def queued(self) -> int:
         """Operations waiting for the writer."""
@@ -241,14 +253,45 @@ class EnvWriter:
         self._fire(self._fire_batch, batch, outcomes)
 
     def _apply_and_commit(self, batch: list[_WriteOp]) -> list[tuple[bool, object]]:
-        """Run each op in a nested transaction, commit once. Raises _BatchFailure."""
+        """Apply the batch in one transaction and commit it once. Raises _BatchFailure.
+
+        Operations run directly in the batch's transaction (no nested
+        transaction per operation: under the GIL each extra LMDB call costs a
+        thread switch, and nesting doubled them). When an operation raises its
+        own error (OverQuota, NotFound, a bug), the transaction is aborted and
+        the batch replayed without it: operations are functions of the
+        database state, so the replay gives the others the same results, and
+        the failed one leaves nothing behind. Failures are rare, so the replay
+        costs nothing in the common case.
+        """
+        failed: dict[int, Exception] = {}
+        while True:
+            outcome = self._attempt(batch, failed)
+            if outcome is not None:
+                return outcome
+
+    def _attempt(self, batch: list[_WriteOp], failed: dict[int, Exception]):
+        """One pass over the batch skipping ``failed``; None if an op failed anew (recorded)."""
         env = self.store_env.env
         try:
             txn = env.begin(write=True)
         except lmdb.Error as exc:
             raise _BatchFailure(exc, None) from None
+        work = WriteTxn(env, self.store_env.dbs, txn)
+        outcomes: list[tuple[bool, object]] = []
         try:
-            outcomes = [self._apply_one(env, txn, op, index) for index, op in enumerate(batch)]
+            for index, op in enumerate(batch):
+                if index in failed:
+                    outcomes.append((False, failed[index]))
+                    continue
+                try:
+                    outcomes.append((True, op.apply(work)))
+                except lmdb.Error as exc:
+                    raise _BatchFailure(exc, index) from None
+                except Exception as exc:  # the op's own error: replay the batch without it
+                    failed[index] = exc
+                    txn.abort()
+                    return None
             txn.commit()
         except _BatchFailure:
             txn.abort()
@@ -260,18 +303,6 @@ class EnvWriter:
             txn.abort()
             raise
         return outcomes
-
-    def _apply_one(self, env, txn, op: _WriteOp, index: int) -> tuple[bool, object]:
-        """Run one op in a nested transaction; (True, result) or (False, its error)."""
-        work = WriteTxn(env, self.store_env.dbs, txn)
-        try:
-            with work.nested():
-                value = op.apply(work)
-        except lmdb.Error as exc:
-            raise _BatchFailure(exc, index) from None
-        except Exception as exc:  # the op's own error (OverQuota, NotFound, a bug): only it fails
-            return False, exc
-        return True, value
 
     @staticmethod
     def _fire_batch(batch: list[_WriteOp], outcomes: list[tuple[bool, object]]) -> None:

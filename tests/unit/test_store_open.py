@@ -12,7 +12,7 @@ import pytest_twisted
 from mailserverd.limits import MIB, Limits
 from mailserverd.store import records
 from mailserverd.store.env import SCHEMA_KEY, SCHEMA_VERSION, SHARD_DBS, SHARD_KEY, open_env
-from mailserverd.store.errors import SchemaMismatch, StoreError, StoreTemporaryError
+from mailserverd.store.errors import SchemaMismatch, StoreError, StoreFull, StoreTemporaryError
 from mailserverd.store.keys import u64
 from mailserverd.store.lmdbstore import LMDBStore
 from mailserverd.store.types import Credentials, ScramSecrets
@@ -134,7 +134,7 @@ async def test_a_full_disk_fails_the_write_and_the_store_keeps_working(tiny_tmpf
         await store.add_domain("example.com")
         await store.add_user("a@example.com", CREDS)
         box = store.get_mailbox("a@example.com", "INBOX")
-        with pytest.raises(StoreTemporaryError, match="I/O error"):
+        with pytest.raises(StoreFull, match="no space left"):
             await store.append("a@example.com", "INBOX", b"Subject: big\r\n\r\n" + os.urandom(4 * MIB))
         assert store.get_mailbox("a@example.com", "INBOX") == box
         small = await store.append("a@example.com", "INBOX", b"Subject: small\r\n\r\nok\r\n")

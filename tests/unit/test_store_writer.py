@@ -108,6 +108,7 @@ async def test_no_caller_hears_of_its_write_before_the_commit(make_store):
         return result
 
     gate = WriterGate(writer)
+    await until(gate.entered.is_set)  # the gate alone in its batch; later writes queue up
     commits_before = writer.commits
     deferreds = [store.append(USER, "INBOX", message(n)).addCallback(check) for n in range(200)]
     await gate.open_when_queued(200)
@@ -124,6 +125,7 @@ async def test_an_op_failing_in_a_batch_leaves_the_others_committed(make_store):
     await store.set_quota(USER, 1000)
     writer = store.shard_writers[0]
     gate = WriterGate(writer)
+    await until(gate.entered.is_set)  # the gate alone in its batch; later writes queue up
     sizes = [300, 400, 400, 100, 200]  # the third and the fifth go over the quota
     deferreds = [store.append(USER, "INBOX", message(n, size)) for n, size in enumerate(sizes)]
     await gate.open_when_queued(len(sizes))
@@ -158,6 +160,7 @@ async def test_full_map_fails_the_write_writes_nothing_and_the_store_keeps_worki
     assert small.uid == 1
     # the big write in the middle of a batch: the others still commit, in order
     gate = WriterGate(store.shard_writers[0])
+    await until(gate.entered.is_set)  # the gate alone in its batch; later writes queue up
     deferreds = [store.append(USER, "INBOX", message(2)),
                  store.append(USER, "INBOX", message(3, 3 * MIB)),
                  store.append(USER, "INBOX", message(4))]
@@ -176,7 +179,7 @@ async def test_full_map_fails_the_write_writes_nothing_and_the_store_keeps_worki
 async def test_a_full_queue_refuses_at_once(make_store):
     store = await make_store(store_queue_max=5)
     gate = WriterGate(store.shard_writers[0])
-    await until(gate.entered.is_set)
+    await until(gate.entered.is_set)  # the gate alone in its batch; later writes queue up
     deferreds = [store.append(USER, "INBOX", message(n)) for n in range(5)]
     with pytest.raises(StoreTemporaryError, match="busy"):
         await store.append(USER, "INBOX", message(99))
