@@ -92,8 +92,9 @@ LIMIT_SPECS: tuple[LimitSpec, ...] = (
               "Writes committed together by one group commit."),
     LimitSpec("store_queue_max", 10000, 1, 1000000, "count",
               "Writes waiting for a shard's writer before new ones get a temporary error."),
-    LimitSpec("store_parse_threads", 2, 1, 64, "count",
-              "Threads that parse incoming messages into their stored IMAP facts."),
+    LimitSpec("store_parse_workers", 2, 1, 64, "count",
+              "Worker processes that parse incoming messages into their stored IMAP facts "
+              "(processes, so that parsing uses other cores than the reactor's)."),
     LimitSpec("mailbox_name_max", 400, 16, 480, "bytes",
               "Longest mailbox name in UTF-8 (LMDB keys are at most 511 bytes)."),
     LimitSpec("mailboxes_per_user_max", 10000, 10, 1000000, "count",

@@ -24,7 +24,7 @@ SCHEMA_VERSION = 1
 META_DBS = ("info", "domains", "users", "aliases", "members")
 SHARD_DBS = (
     "info", "accounts", "mbnames", "mailboxes", "subscriptions", "messages",
-    "modseqs", "vanished", "changes", "blobs", "blobrefs", "facts",
+    "modseqs", "vanished", "changes", "blobs", "blobrefs",
 )
 
 #: ``info`` keys.

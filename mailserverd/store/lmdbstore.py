@@ -82,7 +82,7 @@ class LMDBStore:
         ]
         self._meta_submitter = OrderedSubmitter(self.meta_writer, fire)
         self._submitters = [OrderedSubmitter(writer, fire) for writer in self.shard_writers]
-        self._parse_pool = ParsePool(limits.store_parse_threads, limits.store_queue_max)
+        self._parse_pool = ParsePool(limits.store_parse_workers, limits.store_queue_max)
         self._mailbox_limits = MailboxLimits(limits.mailbox_name_max, limits.mailboxes_per_user_max)
         self._running = False
         self._closed = False
@@ -407,9 +407,9 @@ class LMDBStore:
 
         def parsed(prepared):  # in a parse thread
             blob_id, facts = prepared
-            submitter.fill(slot, lambda w: messages.append(
+            submitter.fill(slot, shard.uses_record_cache(lambda w: messages.append(
                 w, account.user_id, mailbox, name_max, blob_id, raw, facts, flag_set, date,
-                account.quota))
+                account.quota)))
 
         try:
             self._parse_pool.prepare(raw, parsed, lambda f: submitter.cancel(slot, f))
@@ -450,8 +450,8 @@ class LMDBStore:
             blob_id, facts = prepared
             for number, slot in slots.items():
                 recipients = by_shard[number]
-                self._submitters[number].fill(slot, lambda w, r=recipients: messages.deliver(
-                    w, r, name_max, blob_id, raw, facts, date))
+                self._submitters[number].fill(slot, shard.uses_record_cache(
+                    lambda w, r=recipients: messages.deliver(w, r, name_max, blob_id, raw, facts, date)))
 
         def not_parsed(failure):
             for number, slot in slots.items():

@@ -68,10 +68,13 @@ def append(w, user_id: int, mailbox_name: str, name_max: int, blob_id: bytes, ra
            facts: dict, flags: frozenset[str], internaldate: int, quota: int) -> AppendResult:
     """Store one message (content stored once per shard by blob id).
 
-    Raises NotFound (user or mailbox), OverQuota, LimitExceeded.
+    Reads and updates the account and mailbox through the batch's record
+    cache: the writer must run it as an operation marked with
+    :func:`shard.uses_record_cache`. Raises NotFound (user or mailbox),
+    OverQuota, LimitExceeded, all before its first write.
     """
-    account = shard.require_account(w.txn, w.dbs, user_id)
-    mailbox_id, mailbox = shard.require_mailbox_named(w.txn, w.dbs, user_id, mailbox_name, name_max)
+    account = shard.cached_account(w, user_id)
+    mailbox_id, mailbox = shard.cached_mailbox_named(w, user_id, mailbox_name, name_max)
     size = len(raw)
     check_quota(account, quota, size)
     if mailbox.uidnext > keys.UID_MAX:  # checked before the first write (see deliver)
@@ -82,9 +85,9 @@ def append(w, user_id: int, mailbox_name: str, name_max: int, blob_id: bytes, ra
     w.txn.put(keys.change_key(seq),
               records.encode_change("append", user_id, mailbox_id, _append_change([message])),
               db=w.dbs["changes"])
-    shard.put_mailbox(w, user_id, mailbox_id, mailbox)
+    shard.mark_cached(w, keys.mailbox_key(user_id, mailbox_id))
     account.used_bytes += size
-    shard.put_account(w, user_id, account)
+    shard.mark_cached(w, keys.account_key(user_id))
     return AppendResult(mailbox_id=mailbox_id, uidvalidity=mailbox.uidvalidity, uid=message.uid)
 
 

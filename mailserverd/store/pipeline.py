@@ -1,7 +1,8 @@
 """What happens to a write before it reaches its writer: parsing, and keeping call order.
 
-A message is parsed into its IMAP facts (and hashed) in a bounded thread pool,
-off both the reactor and the writer threads. Parsing takes different times,
+A message is parsed into its IMAP facts (and hashed) by a bounded pool of
+worker processes (see parseworker.py), off the reactor and the writer threads
+and outside their GIL. Parsing takes different times,
 so an :class:`OrderedSubmitter` per writer keeps the promise that writes to
 one shard are applied in the order they were called: each write takes a slot
 when it is called and slots are handed to the writer strictly in order, each
@@ -19,40 +20,20 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailserverd.store.blobs import blob_id_of
 from mailserverd.store.errors import StoreTemporaryError
+from mailserverd.store.parseworker import ParseWorker
 
 log = Logger()
 
 
-def _compute_facts(raw: bytes) -> dict:
-    """Facts of a message by :func:`mailserverd.mail.facts.compute_facts`.
-
-    Imported lazily (that module may be written after this one); until it
-    exists, or if it fails on a message, only ``{"size": len(raw)}`` is stored
-    (a message must be accepted even when it cannot be parsed).
-    """
-    try:
-        from mailserverd.mail.facts import compute_facts
-    except ImportError:
-        return {"size": len(raw)}
-    try:
-        return compute_facts(raw)
-    except Exception:
-        log.failure("computing facts of a {size}-byte message failed", size=len(raw))
-        return {"size": len(raw)}
-
-
-def prepare_message(raw: bytes) -> tuple[bytes, dict]:
-    """``(blob_id, facts)`` of a message: the work done in the parse pool."""
-    return blob_id_of(raw), _compute_facts(raw)
-
-
 class ParsePool:
-    """A bounded pool of threads that run :func:`prepare_message`.
+    """A bounded pool of parse workers, each a thread driving a worker process.
 
-    At most ``queue_max`` jobs may be waiting or running; more are refused
-    at once with StoreTemporaryError.
+    Each thread hands its messages to its own :class:`ParseWorker` (another
+    core: no GIL shared) and passes the result on from that thread. At most
+    ``queue_max`` jobs may be waiting or running; more are refused at once
+    with StoreTemporaryError. Worker processes start on first use, so a store
+    opened only for administration never starts one.
     """
 
     def __init__(self, threads: int, queue_max: int):
@@ -65,7 +46,8 @@ class ParsePool:
 
     def start(self) -> None:
         for number in range(self._threads_wanted):
-            thread = threading.Thread(target=self._work, name=f"store-parse-{number}", daemon=True)
+            worker = ParseWorker(f"store-parse-{number}")
+            thread = threading.Thread(target=self._work, args=(worker,), name=worker.name, daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -93,14 +75,15 @@ class ParsePool:
             self._pending += 1
         self._jobs.put((raw, then, otherwise))
 
-    def _work(self) -> None:
+    def _work(self, worker: ParseWorker) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
+                worker.stop()
                 return
             raw, then, otherwise = job
             try:
-                then(prepare_message(raw))
+                then(worker.parse(raw))
             except BaseException:  # a bug must not strand the caller
                 otherwise(Failure())
             finally:

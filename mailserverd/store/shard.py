@@ -227,10 +227,24 @@ def last_seq(txn, dbs) -> int:
 
 
 def next_seq(w) -> int:
-    """Take the shard's next change-log sequence number (= MODSEQ)."""
-    seq = last_seq(w.txn, w.dbs) + 1
-    w.txn.put(SEQ_KEY, keys.u64(seq), db=w.dbs["info"])
+    """Take the shard's next change-log sequence number (= MODSEQ).
+
+    The counter is read once per batch and written once before its commit
+    (WriteTxn.flush), not per operation: each LMDB call costs a GIL switch.
+    A nested transaction that aborts leaves a gap, which MODSEQ allows
+    (RFC 7162 §3.1: strictly increasing, not dense).
+    """
+    seq = w.cached.get(SEQ_KEY)
+    if seq is None:
+        seq = last_seq(w.txn, w.dbs)
+        w.on_flush(_flush_seq)
+    seq += 1
+    w.cached[SEQ_KEY] = seq
     return seq
+
+
+def _flush_seq(w) -> None:
+    w.txn.put(SEQ_KEY, keys.u64(w.cached[SEQ_KEY]), db=w.dbs["info"])
 
 
 def log_change(w, kind: str, user_id: int, mailbox_id: int, data: dict) -> int:
@@ -258,6 +272,57 @@ def new_uidvalidity(w) -> int:
         value = 1
     w.txn.put(UIDVALIDITY_KEY, keys.u64(value), db=w.dbs["info"])
     return value
+
+
+# ---------------------------------------------------------------- the batch's record cache
+# Appends are most writes, and a batch often appends to the same mailboxes:
+# their account and mailbox records are read once per batch, kept decoded in
+# WriteTxn.records, updated in memory and written once before the commit
+# (under the GIL every LMDB call costs a thread switch). Only operations
+# marked with :func:`uses_record_cache` use it; the writer writes it out and
+# empties it before any other operation, which then reads current records
+# from the transaction as usual.
+
+
+def uses_record_cache(apply):
+    """Mark a writer operation as reading and writing records through the cache."""
+    apply.uses_record_cache = True
+    return apply
+
+
+def cached_account(w, user_id: int) -> AccountRecord:
+    """The account record through the batch's cache. Raises NotFound."""
+    key = keys.account_key(user_id)
+    entry = w.records.get(key)
+    if entry is None:
+        account = require_account(w.txn, w.dbs, user_id)
+        entry = w.records[key] = ["accounts", account, records.encode_account, False]
+    return entry[1]
+
+
+def cached_mailbox_named(w, user_id: int, name: str, name_max: int) -> tuple[int, MailboxRecord]:
+    """``(mailbox_id, record)`` through the batch's cache. Raises NotFound or InvalidName."""
+    name = normalize_name(name, name_max)
+    name_key = keys.name_key(user_id, name.encode("utf-8"))
+    mailbox_id = w.records.get(name_key)
+    if mailbox_id is None:
+        mailbox_id = mailbox_id_by_name(w.txn, w.dbs, user_id, name)
+        if mailbox_id is None:
+            raise NotFound("no such mailbox")
+        w.records[name_key] = ["mbnames", mailbox_id, None, False]
+    else:
+        mailbox_id = mailbox_id[1]
+    key = keys.mailbox_key(user_id, mailbox_id)
+    entry = w.records.get(key)
+    if entry is None:
+        mailbox = require_mailbox(w.txn, w.dbs, user_id, mailbox_id)
+        entry = w.records[key] = ["mailboxes", mailbox, records.encode_mailbox, False]
+    return mailbox_id, entry[1]
+
+
+def mark_cached(w, key: bytes) -> None:
+    """The cached record under ``key`` changed: write it before the commit."""
+    w.records[key][3] = True
 
 
 def put_account(w, user_id: int, account: AccountRecord) -> None:

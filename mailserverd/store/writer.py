@@ -45,11 +45,36 @@ class WriteTxn:
         self.env = env
         self.dbs = dbs
         self.txn = txn
+        #: Values kept in memory for the whole batch (e.g. the change-log
+        #: sequence), written once by :meth:`flush` just before the commit.
+        self.cached: dict = {}
+        self._flushers: list[Callable[["WriteTxn"], None]] = []
+        #: The record cache of appends (see shard.cached_account): key ->
+        #: [db name, record, encoder, dirty].
+        self.records: dict = {}
+
+    def on_flush(self, flusher: Callable[["WriteTxn"], None]) -> None:
+        """Have ``flusher(self)`` write its cached state before the batch commits."""
+        self._flushers.append(flusher)
+
+    def flush_records(self) -> None:
+        """Write the dirty cached records into the transaction and empty the cache."""
+        for key, (db_name, record, encode, dirty) in self.records.items():
+            if dirty:
+                self.txn.put(key, encode(record), db=self.dbs[db_name])
+        self.records = {}
+
+    def flush(self) -> None:
+        """Write every cached value into the transaction (called by the writer)."""
+        self.flush_records()
+        for flusher in self._flushers:
+            flusher(self)
 
     @contextmanager
     def nested(self):
         """Run a block in a nested transaction: committed into the current one if
         the block returns, rolled back alone if it raises (the error propagates)."""
+        self.flush_records()  # the child may fail: what it caches must be droppable
         outer = self.txn
         child = self.env.begin(write=True, parent=outer)
         self.txn = child
@@ -57,6 +82,7 @@ class WriteTxn:
             yield self
         except BaseException:
             child.abort()
+            self.records = {}  # changed inside the child, which is rolled back
             raise
         else:
             child.commit()
@@ -284,6 +310,8 @@ class EnvWriter:
                 if index in failed:
                     outcomes.append((False, failed[index]))
                     continue
+                if not getattr(op.apply, "uses_record_cache", False):
+                    work.flush_records()  # other operations read records from the transaction
                 try:
                     outcomes.append((True, op.apply(work)))
                 except lmdb.Error as exc:
@@ -292,6 +320,7 @@ class EnvWriter:
                     failed[index] = exc
                     txn.abort()
                     return None
+            work.flush()
             txn.commit()
         except _BatchFailure:
             txn.abort()

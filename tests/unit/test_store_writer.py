@@ -220,3 +220,42 @@ async def test_stop_drains_queued_writes_and_refuses_new_ones(tmp_path):
         assert store.get_mailbox(USER, "INBOX").messages == 50
     finally:
         await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_appends_and_other_writes_mixed_in_one_batch_keep_every_counter_exact(make_store):
+    # Appends keep account and mailbox records in a per-batch cache; every other
+    # operation in the same batch must still see (and update) the current ones.
+    store = await make_store()
+    await store.add_user("other@example.com", CREDS)
+    first = await store.append(USER, "INBOX", message(0, 100))
+    writer = store.shard_writers[0]
+    gate = WriterGate(writer)
+    await until(gate.entered.is_set)
+    inbox = first.mailbox_id
+    deferreds = [
+        store.append(USER, "INBOX", message(1, 200)),
+        store.store_flags(USER, inbox, [1], "+", ["\\Deleted", "\\Seen"]),
+        store.append(USER, "INBOX", message(2, 300), flags=["\\Seen"]),
+        store.expunge(USER, inbox),
+        store.deliver([USER, "other@example.com"], message(3, 400)),
+        store.rename_mailbox(USER, "Archive", "Archive2"),
+        store.append(USER, "Archive2", message(4, 500)),
+        store.append(USER, "INBOX", message(5, 600)),
+    ]
+    await gate.open_when_queued(len(deferreds))
+    outcomes = await settle(deferreds)
+    assert not [o for o in outcomes if isinstance(o, Exception)], outcomes
+    assert writer.commits >= 2 and outcomes[6].uid == 1
+    box = store.get_mailbox(USER, "INBOX")
+    kept = [message(n, size) for n, size in ((1, 200), (2, 300), (3, 400), (5, 600))]
+    assert [store.read_message(USER, m.blob_id) for m in store.list_messages(USER, inbox)] == kept
+    assert (box.messages, box.uidnext, box.size) == (4, 6, sum(len(m) for m in kept))
+    assert box.unseen == 3  # message 2 arrived \Seen
+    archive = store.get_mailbox(USER, "Archive2")
+    assert (archive.messages, archive.size) == (1, len(message(4, 500)))
+    assert store.used_bytes(USER) == box.size + archive.size
+    other = store.get_mailbox("other@example.com", "INBOX")
+    assert other.messages == 1 and store.used_bytes("other@example.com") == other.size
+    modseqs = [m.modseq for m in store.list_messages(USER, inbox)]
+    assert modseqs == sorted(modseqs) and len(set(modseqs)) == len(modseqs)
