@@ -58,6 +58,11 @@ def call_directly(function: Callable, *args) -> None:
     function(*args)
 
 
+#: Seconds a delivery may route by a cached user record (see LMDBStore._route).
+ROUTE_TTL = 1.0
+ROUTES_MAX = 10000
+
+
 class LMDBStore:
     """Directory and MailStore on sharded LMDB environments (see module docstring).
 
@@ -86,6 +91,7 @@ class LMDBStore:
         self._mailbox_limits = MailboxLimits(limits.mailbox_name_max, limits.mailboxes_per_user_max)
         self._running = False
         self._closed = False
+        self._routes: dict[str, tuple[float, User | None]] = {}
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -417,6 +423,23 @@ class LMDBStore:
             submitter.cancel(slot, exc)
         return slot.deferred
 
+    def _route(self, address: str) -> User | None:
+        """The user record a delivery to ``address`` goes by, read at most ROUTE_TTL ago.
+
+        Deliveries look their recipients up again and again (a meta read
+        costs GIL switches on a busy server); a change made by the CLI reaches
+        deliveries within ROUTE_TTL. Passwords are never taken from here.
+        """
+        now = time.monotonic()
+        cached = self._routes.get(address)
+        if cached is not None and now - cached[0] < ROUTE_TTL:
+            return cached[1]
+        if len(self._routes) >= ROUTES_MAX:
+            self._routes.clear()
+        user = self._meta_read(meta.get_user, address)
+        self._routes[address] = (now, user)
+        return user
+
     def deliver(self, users: Iterable[str], raw: bytes, internaldate: int | None = None) -> Deferred:
         """See MailStore.deliver. The result is keyed by the addresses as given
         (a user named twice gets one copy, under the first spelling)."""
@@ -425,7 +448,7 @@ class LMDBStore:
         given_name: dict[str, str] = {}
         running = self._running
         for address in users:
-            user = self._meta_read(meta.get_user, address)
+            user = self._route(address)
             if user is None:
                 results[address] = NotFound("no such user")
             elif user.address not in given_name:
