@@ -16,6 +16,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailserverd.auth.accounts import Authenticator
 from mailserverd.config import Config, ListenerConfig
+from mailserverd.connlimit import ConnectionCounter, LimitedFactory
 from mailserverd.context import ServerContext
 from mailserverd.delivery.local import LocalDelivery
 from mailserverd.store.lmdbstore import LMDBStore
@@ -39,15 +40,15 @@ def open_store(config: Config, reactor: Any = None) -> LMDBStore:
     return LMDBStore.open(str(config.server.data_dir), config.server.shards, config.limits, reactor=reactor)
 
 
-def protocol_factory(ctx: ServerContext, listener: ListenerConfig):
-    """The protocol factory for one listener (TLS-wrapped for implicit TLS)."""
+def protocol_factory(ctx: ServerContext, listener: ListenerConfig, counter: ConnectionCounter):
+    """The protocol factory for one listener: connection limits inside, TLS outside for implicit TLS."""
     if listener.protocol == "smtp":
         from mailserverd.smtp.adapter import build_factory
     elif listener.protocol == "imap":
         from mailserverd.imap.adapter import build_factory
     else:
         from mailserverd.pop3.adapter import build_factory
-    factory = build_factory(ctx, listener)
+    factory = LimitedFactory(build_factory(ctx, listener), counter, listener.protocol)
     if listener.implicit_tls:
         # RFC 8314 §3: implicit TLS, the TLS handshake comes before any protocol byte.
         factory = TLSMemoryBIOFactory(ctx.tls.server_creator(), False, factory)
@@ -69,6 +70,8 @@ class MailServer:
         self.store: LMDBStore | None = None
         self.ctx: ServerContext | None = None
         self.ports: list = []
+        self.connections = ConnectionCounter(config.limits.connections_max,
+                                             config.limits.connections_per_ip_max)
 
     def prepare(self) -> None:
         """Load TLS material and open the store, synchronously, before the reactor runs.
@@ -114,7 +117,7 @@ class MailServer:
     def _listen(self, listener: ListenerConfig):
         endpoint_class = TCP6ServerEndpoint if ":" in listener.address else TCP4ServerEndpoint
         endpoint = endpoint_class(self.reactor, listener.port, interface=listener.address)
-        return endpoint.listen(protocol_factory(self.ctx, listener))
+        return endpoint.listen(protocol_factory(self.ctx, listener, self.connections))
 
     @defer.inlineCallbacks
     def stop(self):

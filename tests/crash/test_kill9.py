@@ -86,7 +86,8 @@ def fetch_all(daemon) -> list[bytes]:
 
 
 def test_kill9_during_concurrent_deliveries_loses_nothing_acknowledged(tmp_path):
-    daemon = make_daemon(tmp_path / "d", extra_config="smtp_bad_commands_max = 20")
+    # 200 connections at once, all from 127.0.0.1
+    daemon = make_daemon(tmp_path / "d", extra_config="connections_per_ip_max = 1000")
     daemon.cli("domain", "add", "example.test")
     daemon.add_user("alice@example.test", "alice-secret-1")
     daemon.start()
