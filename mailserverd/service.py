@@ -48,10 +48,13 @@ def protocol_factory(ctx: ServerContext, listener: ListenerConfig, counter: Conn
         from mailserverd.imap.adapter import build_factory
     else:
         from mailserverd.pop3.adapter import build_factory
-    factory = LimitedFactory(build_factory(ctx, listener), counter, listener.protocol)
+    inner = build_factory(ctx, listener)
+    factory = LimitedFactory(inner, counter, listener.protocol)
     if listener.implicit_tls:
         # RFC 8314 §3: implicit TLS, the TLS handshake comes before any protocol byte.
         factory = TLSMemoryBIOFactory(ctx.tls.server_creator(), False, factory)
+    for layer in {inner, factory, getattr(factory, "wrappedFactory", factory)}:
+        layer.noisy = False  # our own "ready" and "connection" lines say it better
     return factory
 
 

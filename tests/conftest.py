@@ -148,6 +148,21 @@ class Daemon:
         return ctx
 
 
+#: Daemons made during the current test; the autouse fixture below reaps them.
+_MADE: list[Daemon] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_daemons():
+    """Kill any daemon a test left running (a failed assertion skips its own stop)."""
+    yield
+    while _MADE:
+        made = _MADE.pop()
+        if made.proc is not None and made.proc.poll() is None:
+            made.proc.kill()
+            made.proc.wait(timeout=30)
+
+
 def make_daemon(root: Path, shards: int = 2, extra_config: str = "") -> Daemon:
     """Write certificates and a config for a daemon under ``root``; don't start it."""
     import trustme
@@ -185,10 +200,12 @@ auth_failure_delay = 0
 """
     config_path = root / "mailserverd.toml"
     config_path.write_text(config)
-    return Daemon(
+    made = Daemon(
         root=root, ca_path=ca_path, ports=ports, config_path=config_path,
         data_dir=root / "data", log_path=root / "mailserverd.log",
     )
+    _MADE.append(made)
+    return made
 
 
 @pytest.fixture

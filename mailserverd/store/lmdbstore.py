@@ -91,7 +91,7 @@ class LMDBStore:
         self._mailbox_limits = MailboxLimits(limits.mailbox_name_max, limits.mailboxes_per_user_max)
         self._running = False
         self._closed = False
-        self._routes: dict[str, tuple[float, User | None]] = {}
+        self._routes: dict[str, tuple[float, User]] = {}
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -437,7 +437,8 @@ class LMDBStore:
         if len(self._routes) >= ROUTES_MAX:
             self._routes.clear()
         user = self._meta_read(meta.get_user, address)
-        self._routes[address] = (now, user)
+        if user is not None:  # a user created a moment ago must not wait for a stale miss
+            self._routes[address] = (now, user)
         return user
 
     def deliver(self, users: Iterable[str], raw: bytes, internaldate: int | None = None) -> Deferred:
