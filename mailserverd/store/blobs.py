@@ -47,6 +47,28 @@ def decode_blob(stored: bytes) -> tuple[bytes, bytes]:
     return bytes(stored[start:start + facts_length]), bytes(stored[start + facts_length:])
 
 
+def _exists(txn, dbs, blob_id: bytes) -> bool:
+    """Whether the shard holds the blob (without copying its value)."""
+    return txn.cursor(db=dbs["blobs"]).set_key(blob_id)
+
+
+def _refcount(txn, dbs, blob_id: bytes) -> int:
+    """References to a stored blob: the ``blobrefs`` count, or 1 when there is none.
+
+    Most blobs are referenced once (one delivery, one recipient), so a count
+    of 1 is not stored: that saves an LMDB write per delivery.
+    """
+    current = txn.get(blob_id, db=dbs["blobrefs"])
+    return 1 if current is None else keys.read_u64(current)
+
+
+def _set_refcount(txn, dbs, blob_id: bytes, refs: int) -> None:
+    if refs == 1:
+        txn.delete(blob_id, db=dbs["blobrefs"])  # absent means 1
+    else:
+        txn.put(blob_id, keys.u64(refs), db=dbs["blobrefs"])
+
+
 def add_blob_refs(txn, dbs, blob_id: bytes, raw: bytes | None, facts: dict | bytes | None,
                   count: int) -> None:
     """Add ``count`` references to a blob, storing it (and its facts) if new.
@@ -57,24 +79,24 @@ def add_blob_refs(txn, dbs, blob_id: bytes, raw: bytes | None, facts: dict | byt
     if raw is not None:
         if not isinstance(facts, bytes):  # parse workers hand over the encoded record
             facts = records.encode_facts(facts or {"size": len(raw)})
-        # One LMDB call for the common case, a new blob: put refuses an existing key.
+        # One LMDB call for the common case, a new blob referenced once:
+        # put refuses an existing key, and a count of 1 is not stored.
         if txn.put(blob_id, encode_blob(raw, facts), db=dbs["blobs"], overwrite=False):
-            txn.put(blob_id, keys.u64(count), db=dbs["blobrefs"])
+            if count != 1:
+                _set_refcount(txn, dbs, blob_id, count)
             return
-    current = txn.get(blob_id, db=dbs["blobrefs"])
-    if current is None:
+    elif not _exists(txn, dbs, blob_id):
         raise KeyError("blob to reference does not exist")
-    txn.put(blob_id, keys.u64(keys.read_u64(current) + count), db=dbs["blobrefs"])
+    _set_refcount(txn, dbs, blob_id, _refcount(txn, dbs, blob_id) + count)
 
 
 def release_blob_refs(txn, dbs, blob_id: bytes, count: int = 1) -> None:
-    """Drop ``count`` references; delete blob and count at zero."""
-    current = txn.get(blob_id, db=dbs["blobrefs"])
-    if current is None:
+    """Drop ``count`` references; delete the blob (and its count) at zero."""
+    if not _exists(txn, dbs, blob_id):
         return  # already gone: nothing to release (never goes negative)
-    refs = keys.read_u64(current) - count
+    refs = _refcount(txn, dbs, blob_id) - count
     if refs > 0:
-        txn.put(blob_id, keys.u64(refs), db=dbs["blobrefs"])
+        _set_refcount(txn, dbs, blob_id, refs)
         return
     txn.delete(blob_id, db=dbs["blobrefs"])
     txn.delete(blob_id, db=dbs["blobs"])
@@ -82,8 +104,9 @@ def release_blob_refs(txn, dbs, blob_id: bytes, count: int = 1) -> None:
 
 def blob_refcount(txn, dbs, blob_id: bytes) -> int:
     """How many messages of the shard reference the blob (0 if none)."""
-    current = txn.get(blob_id, db=dbs["blobrefs"])
-    return 0 if current is None else keys.read_u64(current)
+    if not _exists(txn, dbs, blob_id):
+        return 0
+    return _refcount(txn, dbs, blob_id)
 
 
 def read_blob(txn, dbs, blob_id: bytes) -> bytes | None:

@@ -13,7 +13,7 @@ Sub-databases (keys from :mod:`.keys`, values from :mod:`.records`):
 - ``modseqs``: (user id, mailbox id, modseq, uid) -> ``b""``: what changed since N
 - ``vanished``: (user id, mailbox id, modseq, uid) -> ``b""``: expunged UIDs (RFC 7162 §3.2.10)
 - ``changes``: seq -> change record (the shard's change log)
-- ``blobs``, ``blobrefs``, ``facts``: see :mod:`.blobs`
+- ``blobs`` (with each blob's facts), ``blobrefs``: see :mod:`.blobs`
 
 MODSEQ values are change-log sequence numbers: each change record takes the
 next ``seq``, the messages it touches get that MODSEQ and the mailbox's

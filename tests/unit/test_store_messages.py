@@ -91,6 +91,43 @@ async def test_same_content_is_one_blob_released_by_refcount(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_blob_outlives_every_reference_but_the_last(store):
+    # References come from copies (no content given) and from a delivery to two
+    # users of one shard (a new blob referenced twice at once); a count of 1 is
+    # implicit in the store, so every path through it is exercised here.
+    first = await store.append(USER, "INBOX", RAW)
+    await store.copy(USER, first.mailbox_id, [first.uid], "Archive")
+    await store.copy(USER, first.mailbox_id, [first.uid], "Trash")
+    blob_id = store.get_message(USER, first.mailbox_id, first.uid).blob_id
+    for name in ("INBOX", "Archive", "Trash"):
+        box = store.get_mailbox(USER, name)
+        assert store.read_message(USER, blob_id) == RAW
+        await store.store_flags(USER, box.mailbox_id, [1], "+", ["\\Deleted"])
+        assert await store.expunge(USER, box.mailbox_id) == [1]
+    with pytest.raises(Expunged):
+        store.read_message(USER, blob_id)
+    other = "b@example.com"
+    await store.add_user(other, CREDS)
+    same_shard = ["c@example.com", "d@example.com", "e@example.com"]
+    for address in same_shard:
+        await store.add_user(address, CREDS)
+    pair = [a for a in [other, *same_shard] if store.get_user(a).shard == store.get_user(USER).shard][:1]
+    assert pair, "least-loaded placement puts another user on this shard"
+    results = await store.deliver([USER, *pair], RAW)
+    assert all(not isinstance(r, Exception) for r in results.values())
+    for address in [USER, *pair]:
+        box = inbox(store, address)
+        [stored] = store.list_messages(address, box.mailbox_id)
+        assert store.read_message(address, stored.blob_id) == RAW
+    box = inbox(store)
+    await store.store_flags(USER, box.mailbox_id, [2], "+", ["\\Deleted"])
+    await store.expunge(USER, box.mailbox_id)
+    for address in pair:  # still there for the other recipient
+        [stored] = store.list_messages(address, inbox(store, address).mailbox_id)
+        assert store.read_message(address, stored.blob_id) == RAW
+
+
+@pytest_twisted.ensureDeferred
 async def test_deliver_to_users_on_several_shards(store):
     others = ["b@example.com", "c@example.com", "d@example.com"]
     for address in others:
