@@ -27,8 +27,9 @@ class ServerContext:
     ``store`` implements both :class:`~mailserverd.store.interface.Directory`
     and :class:`~mailserverd.store.interface.MailStore`. ``tls.server_creator()``
     is what ``transport.startTLS`` takes for STARTTLS/STLS. ``clock`` is the
-    reactor (or a ``Clock`` in tests) for timeouts. ``connections`` counts open
-    client connections per IP for the connection limits.
+    reactor (or a ``Clock`` in tests) for timeouts. Connection limits live in
+    the listeners' wrapping factories (:mod:`mailserverd.connlimit`), outside
+    the protocols.
     """
 
     config: "Config"

@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
+from mailserverd.pop3.maildrop import maildrop_locks
 from mailserverd.pop3.session import POP3Session
 
 
@@ -121,5 +122,9 @@ def build_factory(ctx, listener) -> POP3Factory:
 
     ``ctx`` is the ServerContext; ``listener`` needs ``.implicit_tls`` (True
     for pop3s, whose TLS wrapping the service adds around this factory).
+    Side effect: makes the server's one maildrop lock registry on ``ctx`` if
+    it is not there yet, so that every POP3 listener built from ``ctx``
+    shares it (a user's pop3 and pop3s sessions exclude each other).
     """
+    maildrop_locks(ctx)
     return POP3Factory(ctx, listener)

@@ -1,22 +1,25 @@
 """The POP3 command table: each command's handler, the states it is valid in, its syntax.
 
-This is the one table (RFC 1939 commands plus CAPA of RFC 2449 and STLS of
-RFC 2595). The session looks the keyword up here, checks the state and the
+This is the one table (RFC 1939 commands plus CAPA of RFC 2449, STLS of
+RFC 2595, AUTH of RFC 5034 (in :mod:`mailserverd.pop3.authenticate`) and UTF8
+of RFC 6856). The session looks the keyword up here, checks the state and the
 argument count, and calls the handler; nothing dispatches on client input by
 attribute name. The ``syntax`` string is both the documentation and the body
 of the reply to a malformed command.
 
-A handler takes ``(session, args)`` and returns a :class:`Reply`, an
+A handler takes ``(session, args)`` and returns a :class:`Reply` (or a SASL
+:class:`~mailserverd.pop3.replies.Challenge`), an
 :class:`Outcome` (a reply plus a streamed body or an action), or a Deferred
 firing with one of those. It raises :class:`CommandSyntaxError` for a
 malformed argument, or a ``MailError`` carrying a ``-ERR`` reply. Store errors
-are mapped to replies here, at the protocol edge (:func:`reply_for_store_error`).
+are mapped to replies at the protocol edge
+(:func:`mailserverd.pop3.maildrop.reply_for_store_error`).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Union
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -24,9 +27,11 @@ from twisted.python.failure import Failure
 
 from mailserverd.auth.accounts import AuthFailed, AuthThrottled, AuthUnavailable
 from mailserverd.pop3 import replies
+from mailserverd.pop3.authenticate import cmd_auth, offered_mechanisms
 from mailserverd.pop3.dotstuff import stuff_chunks
-from mailserverd.pop3.replies import Reply
-from mailserverd.store.errors import Expunged, NotFound, StoreError
+from mailserverd.pop3.maildrop import open_maildrop, reply_for_store_error
+from mailserverd.pop3.replies import Challenge, Reply
+from mailserverd.store.errors import StoreError
 from mailserverd.store.types import MessageInfo
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,8 +40,10 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Bytes of a message encoded and handed to the transport per step of RETR/TOP.
 BODY_CHUNK_SIZE = 64 * 1024
 
-#: Longest decimal number accepted as a message number or line count (fits 64 bits).
+#: Numbers with more digits than this are not converted: they exceed every maildrop
+#: (and every line count), so they stand for "too big" (:data:`_NUMBER_TOO_BIG`).
 _NUMBER_DIGITS_MAX = 18
+_NUMBER_TOO_BIG = 10 ** _NUMBER_DIGITS_MAX
 
 #: Server name advertised by the IMPLEMENTATION capability (RFC 2449 §6.9).
 IMPLEMENTATION = b"mailserverd"
@@ -65,56 +72,29 @@ class Outcome:
     transport. ``then`` is one of THEN_CONTINUE, THEN_CLOSE, THEN_STARTTLS.
     """
 
-    reply: Reply
+    reply: Reply | Challenge
     body: Iterator[bytes] | None = None
     then: str = THEN_CONTINUE
 
 
-HandlerResult = Union[Reply, Outcome, Deferred]
+HandlerResult = Union[Reply, Challenge, Outcome, Deferred]
 
 
 class CommandSyntaxError(Exception):
     """A command's arguments are malformed; the session answers with the command's syntax."""
 
 
-@dataclass
-class Maildrop:
-    """The user's INBOX as snapshotted at login (RFC 1939 §5).
-
-    Message numbers are 1-based positions in ``messages`` and stay fixed for
-    the session; mail arriving later is seen by the next session. ``deleted``
-    holds the numbers marked by DELE; nothing is removed before QUIT.
-    """
-
-    user: str
-    mailbox_id: int
-    uidvalidity: int
-    messages: tuple[MessageInfo, ...]
-    deleted: set[int] = field(default_factory=set)
-
-    def live(self) -> Iterator[tuple[int, MessageInfo]]:
-        """(number, message) of every message not marked deleted, in order."""
-        for index, message in enumerate(self.messages):
-            if index + 1 not in self.deleted:
-                yield index + 1, message
-
-    def summary(self) -> tuple[int, int]:
-        """(count, octets) of the messages not marked deleted."""
-        count = octets = 0
-        for _, message in self.live():
-            count += 1
-            octets += message.size
-        return count, octets
-
-    def unique_id(self, message: MessageInfo) -> bytes:
-        """RFC 1939 §7 UIDL: stable across sessions, 1-70 octets in 0x21-0x7E."""
-        return b"%d.%d" % (self.uidvalidity, message.uid)
-
-
 def parse_number(arg: bytes) -> int:
-    """A non-negative decimal number; raises CommandSyntaxError for anything else."""
-    if not arg.isdigit() or len(arg) > _NUMBER_DIGITS_MAX:
+    """A non-negative decimal number; raises CommandSyntaxError for anything else.
+
+    Any number of digits is accepted; one too long to be a message number or
+    line count comes back as :data:`_NUMBER_TOO_BIG` (never converted whole:
+    Python refuses int() of very long digit strings).
+    """
+    if not arg.isdigit():
         raise CommandSyntaxError(arg)
+    if len(arg.lstrip(b"0")) > _NUMBER_DIGITS_MAX:
+        return _NUMBER_TOO_BIG
     return int(arg)
 
 
@@ -131,28 +111,29 @@ def _reply_error(reply: Reply):
     return replies.failure(reply.text, reply.code)
 
 
-def reply_for_store_error(error: StoreError) -> Reply:
-    """The reply for a store error (Dovecot-style closed set, mapped at the edge)."""
-    if error.temporary:
-        return replies.TEMPORARY_FAILURE
-    if isinstance(error, (NotFound, Expunged)):
-        return replies.MESSAGE_GONE
-    return replies.PERMANENT_FAILURE
-
-
 def capabilities(session: "POP3Session") -> tuple[bytes, ...]:
-    """The CAPA list for the session's current state: only what works (RFC 2449 §5)."""
+    """The CAPA list for the session's current state: only what works (RFC 2449 §5).
+
+    USER and SASL are AUTHORIZATION capabilities, so they are announced in
+    both states (RFC 2449 §5); STLS only while it is permitted (RFC 2595 §4).
+    """
     caps = []
-    if session.state is State.AUTHORIZATION and not session.tls_active:
+    if session.state is State.AUTHORIZATION and not session.tls_active and not session.utf8_mode:
         caps.append(b"STLS")  # RFC 2595 §4: "present and permitted in the current state"
     if session.plaintext_allowed():
         caps.append(b"USER")
+    mechanisms = offered_mechanisms(session)
+    if mechanisms:
+        caps.append(b" ".join([b"SASL"] + [name.encode("ascii") for name in mechanisms]))
     caps += [
         b"TOP",
         b"UIDL",
         b"RESP-CODES",
         b"AUTH-RESP-CODE",  # RFC 3206 §6: [AUTH] is sent on every credential problem
         b"PIPELINING",  # RFC 2449 §6.6: commands are processed strictly one at a time, in order
+        b"EXPIRE NEVER",  # RFC 2449 §6.7: the server itself never deletes mail
+        b"LOGIN-DELAY 0",  # RFC 2449 §6.5: no minimum time between logins
+        b"UTF8 USER",  # RFC 6856 §2.2: UTF-8 user names and passwords are accepted
         b"IMPLEMENTATION " + IMPLEMENTATION,
     ]
     return tuple(caps)
@@ -169,11 +150,27 @@ def cmd_stls(session: "POP3Session", args: list[bytes]) -> HandlerResult:
     """RFC 2595 §4 STLS: the session discards pipelined input and resets after the +OK."""
     if session.tls_active:
         return replies.TLS_ACTIVE
+    if session.utf8_mode:
+        return replies.STLS_AFTER_UTF8  # RFC 6856 §2.1: clients MUST NOT; servers MAY refuse
     return Outcome(replies.STLS_BEGIN, then=THEN_STARTTLS)
 
 
+def cmd_utf8(session: "POP3Session", args: list[bytes]) -> HandlerResult:
+    """RFC 6856 §2.1 UTF8: enter UTF-8 mode.
+
+    Messages are sent as stored in either mode (the store keeps 8-bit mail as
+    received); user names and passwords may be UTF-8 before and after UTF8,
+    as the "UTF8 USER" capability allows (RFC 6856 §2.2).
+    """
+    session.utf8_mode = True
+    return replies.UTF8_ENABLED
+
+
 def cmd_user(session: "POP3Session", args: list[bytes]) -> HandlerResult:
-    """RFC 1939 §7 USER. Always +OK when accepted: the reply must not tell whether the user exists."""
+    """RFC 1939 §7 USER. Always +OK when accepted: the reply must not tell whether the user exists.
+
+    The name may be UTF-8 (RFC 6856 §2.2); bytes that are not UTF-8 are refused.
+    """
     if not session.plaintext_allowed():
         # Refused at USER already, so that a client never gets as far as sending
         # the password in the clear (RFC 2595 §4, RFC 8314 §3).
@@ -202,7 +199,7 @@ def cmd_pass(session: "POP3Session", args: list[bytes]) -> HandlerResult:
     d = maybeDeferred(
         session.ctx.authenticator.authenticate, address, password, session.client_ip, mechanism="USER"
     )
-    d.addCallbacks(lambda user: _open_maildrop(session, user), _authentication_failed)
+    d.addCallbacks(lambda user: open_maildrop(session, user), _authentication_failed)
     return d
 
 
@@ -212,23 +209,6 @@ def _authentication_failed(failure: Failure) -> Reply | Failure:
     if failure.check(AuthThrottled, AuthUnavailable):
         return replies.AUTH_TEMPORARILY_UNAVAILABLE
     return failure  # unexpected: the session logs it and answers [SYS/TEMP]
-
-
-def _open_maildrop(session: "POP3Session", user: str) -> Reply:
-    """Snapshot ``user``'s INBOX and enter TRANSACTION (RFC 1939 §5)."""
-    if session.closed:
-        return replies.OK_PLAIN  # nobody to tell; enter no state for a dead connection
-    store = session.ctx.store
-    try:
-        mailbox = store.get_mailbox(user, "INBOX")
-        messages = tuple(store.list_messages(user, mailbox.mailbox_id))
-    except NotFound:
-        return replies.PERMANENT_FAILURE  # an account always has an INBOX: a broken account
-    except StoreError as error:
-        return reply_for_store_error(error)
-    maildrop = Maildrop(user, mailbox.mailbox_id, mailbox.uidvalidity, messages)
-    session.enter_transaction(maildrop)
-    return replies.maildrop_summary(*maildrop.summary())
 
 
 def cmd_quit(session: "POP3Session", args: list[bytes]) -> HandlerResult:
@@ -286,11 +266,25 @@ def cmd_uidl(session: "POP3Session", args: list[bytes]) -> HandlerResult:
 
 
 def _read_content(session: "POP3Session", message: MessageInfo) -> bytes:
-    """The stored bytes of ``message``; raises a MailError reply for store errors."""
+    """The stored bytes of ``message``; raises a MailError reply for store errors.
+
+    RFC 6856 §2.1: outside UTF-8 mode a message whose header holds UTF-8
+    (RFC 6532) must not be sent as is; it is refused with ``[UTF8]`` (the
+    RFC's other choice, a surrogate message, is not offered). 8-bit bodies
+    (8BITMIME) go out as stored, as POP3 servers have always sent them.
+    """
     try:
-        return session.ctx.store.read_message(session.maildrop.user, message.blob_id)
+        content = session.ctx.store.read_message(session.maildrop.user, message.blob_id)
     except StoreError as error:
         raise _reply_error(reply_for_store_error(error)) from error
+    if not session.utf8_mode and not _header_of(content).isascii():
+        raise _reply_error(replies.NEEDS_UTF8)
+    return content
+
+
+def _header_of(content: bytes) -> bytes:
+    end = content.find(b"\r\n\r\n")
+    return content if end < 0 else content[:end]
 
 
 def cmd_retr(session: "POP3Session", args: list[bytes]) -> HandlerResult:
@@ -385,6 +379,8 @@ COMMANDS: dict[bytes, CommandSpec] = {
         CommandSpec(b"STLS", cmd_stls, _AUTH, "STLS"),
         CommandSpec(b"USER", cmd_user, _AUTH, "USER name", 1, 1),
         CommandSpec(b"PASS", cmd_pass, _AUTH, "PASS password", 1, 1, whole_argument=True),
+        CommandSpec(b"AUTH", cmd_auth, _AUTH, "AUTH [mechanism [initial-response]]", 0, 2),
+        CommandSpec(b"UTF8", cmd_utf8, _AUTH, "UTF8"),
         CommandSpec(b"QUIT", cmd_quit, _BOTH, "QUIT"),
         CommandSpec(b"STAT", cmd_stat, _TRANS, "STAT"),
         CommandSpec(b"LIST", cmd_list, _TRANS, "LIST [msg]", 0, 1),

@@ -14,10 +14,16 @@ capabilities):
   work (store busy or full, authentication service unavailable or
   throttled, unexpected internal error).
 - ``SYS/PERM`` (RFC 3206 §5): a permanent system problem; retrying will not help.
+- ``IN-USE`` (RFC 2449 §8.1.2): authentication succeeded, but another POP3
+  session holds the maildrop.
+
+A SASL server challenge (RFC 5034 §4) is not a status line: it is
+``+ base64`` (:class:`Challenge`).
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 from mailserverd.errors import MailError
@@ -26,6 +32,8 @@ from mailserverd.errors import MailError
 CODE_AUTH = "AUTH"
 CODE_SYS_TEMP = "SYS/TEMP"
 CODE_SYS_PERM = "SYS/PERM"
+CODE_IN_USE = "IN-USE"
+CODE_UTF8 = "UTF8"  # RFC 6856 §5
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,17 @@ class Reply:
         # RFC 1939 §3: lines starting with "." get one more "."; "." alone ends the body.
         body = b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in self.lines)
         return self.status_line() + body + b".\r\n"
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """A SASL server challenge (RFC 5034 §4): "+", one space, ``data`` in base64."""
+
+    data: bytes
+
+    def to_bytes(self) -> bytes:
+        """The challenge line on the wire, CRLF-terminated ("+ " alone for empty data)."""
+        return b"+ " + base64.b64encode(self.data) + b"\r\n"
 
 
 def ok(text: str, lines: tuple[bytes, ...] | None = None) -> Reply:
@@ -105,18 +124,34 @@ TOP_FOLLOWS = "top of message follows"
 OK_PLAIN = ok("")
 USER_ACCEPTED = ok("send PASS")
 STLS_BEGIN = ok("begin TLS negotiation")
+UTF8_ENABLED = ok("UTF8 enabled")
+MECHANISMS_FOLLOW = "SASL mechanisms follow"
 
 UNKNOWN_COMMAND = err("unknown command")
 BAD_STATE = err("command not valid in this state")
 LINE_TOO_LONG = err("line too long")
 TOO_MANY_BAD_COMMANDS = err("too many bad commands, closing connection")
+NUL_IN_COMMAND = err("NUL byte in command")
 TLS_ACTIVE = err("command not permitted when TLS active")
+# RFC 6856 §2.1: a server MAY refuse STLS after UTF8; a protocol error, so no response code.
+STLS_AFTER_UTF8 = err("STLS not permitted after UTF8")
 # RFC 2595 §4 lets a server refuse plaintext passwords; RFC 3206 §4 names "an attempt
 # to authenticate in violation of policy" as an [AUTH] case, so the client asks its user
 # (whose settings must change to use TLS) instead of retrying as if the system were down.
 PLAINTEXT_DISALLOWED = err("plaintext authentication disallowed without TLS, use STLS", CODE_AUTH)
+# Every SASL mechanism waits for TLS unless plaintext is allowed (mailserverd.auth.sasl.mechanisms).
+AUTH_DISALLOWED_WITHOUT_TLS = err("authentication disallowed without TLS, use STLS", CODE_AUTH)
 NO_USER_GIVEN = err("no USER given")
 AUTH_FAILED = err("authentication failed", CODE_AUTH)
+# RFC 5034 §4: a cancelled exchange ("*") and an undecodable response both end AUTH with -ERR.
+AUTH_CANCELLED = err("authentication cancelled")
+AUTH_BAD_BASE64 = err("invalid base64 in authentication exchange")
+AUTH_MALFORMED = err("malformed authentication exchange")
+UNSUPPORTED_MECHANISM = err("unsupported authentication mechanism")
+# RFC 2449 §8.1.2: authenticated, but the maildrop is locked by another session.
+# RFC 6856 §2.1: a message with UTF-8 headers is refused outside UTF-8 mode (no surrogates).
+NEEDS_UTF8 = err("message has UTF-8 headers, issue UTF8 first", CODE_UTF8)
+MAILDROP_IN_USE = err("maildrop already in use by another session", CODE_IN_USE)
 AUTH_TEMPORARILY_UNAVAILABLE = err("authentication temporarily unavailable, try again later", CODE_SYS_TEMP)
 NO_SUCH_MESSAGE = err("no such message")
 MESSAGE_GONE = err("message no longer exists")

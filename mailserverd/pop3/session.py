@@ -19,11 +19,17 @@ Rules enforced here, in one place:
   reply and without entering UPDATE (RFC 1939 §3).
 - After STLS's +OK, bytes already received are discarded and the state is
   reset (RFC 2595 §4; the CVE-2011-0411 class of injection).
+- A line may be claimed by the command before it (:meth:`POP3Session.read_next_line`,
+  the client responses of an AUTH exchange); it is read through the same
+  line limit and is not looked up as a command.
+- The maildrop lock taken at login (:mod:`mailserverd.pop3.maildrop`) is
+  released when the session ends: after QUIT's UPDATE, or when the
+  connection closes or drops (once a running UPDATE has finished).
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -36,12 +42,16 @@ from mailserverd.pop3.commands import (
     THEN_CLOSE,
     THEN_STARTTLS,
     CommandSyntaxError,
-    Maildrop,
+    HandlerResult,
     Outcome,
     State,
     split_arguments,
 )
-from mailserverd.pop3.replies import Reply
+from mailserverd.pop3.maildrop import Maildrop, maildrop_locks
+from mailserverd.pop3.replies import Challenge, Reply
+
+#: What reads a line claimed by :meth:`POP3Session.read_next_line`.
+LineReader = Callable[[bytes], HandlerResult]
 
 log = Logger(namespace="mailserverd.pop3")
 
@@ -70,14 +80,15 @@ class SessionSink(Protocol):
 
 
 class POP3Session:
-    """Per-connection POP3 state (RFC 1939) with CAPA (RFC 2449) and STLS (RFC 2595).
+    """Per-connection POP3 state (RFC 1939) with CAPA (RFC 2449), STLS (RFC 2595),
+    AUTH (RFC 5034) and UTF8 (RFC 6856).
 
     ``ctx`` is the :class:`~mailserverd.context.ServerContext`; ``tls_active``
     says whether the connection is already under TLS (pop3s). Call
     :meth:`start` once, then :meth:`data_received` for each received chunk and
     :meth:`connection_lost` once at the end. Handlers in
     :mod:`mailserverd.pop3.commands` read and change ``state``,
-    ``pending_user`` and ``maildrop``.
+    ``pending_user``, ``utf8_mode`` and ``maildrop``.
     """
 
     def __init__(self, ctx, sink: SessionSink, *, client_ip: str, tls_active: bool):
@@ -87,11 +98,13 @@ class POP3Session:
         self.state = State.AUTHORIZATION
         self.pending_user: str | None = None  # name from USER, awaiting PASS
         self.maildrop: Maildrop | None = None
+        self.utf8_mode = False  # RFC 6856 UTF8 given
         self.closed = False
         self._sink = sink
         self._limits = ctx.config.limits
         self._input = bytearray()
         self._discarding = False  # skipping the rest of an over-long line
+        self._line_reader: LineReader | None = None  # claims the next line (AUTH exchange)
         self._busy = False  # a command (or its body) has not finished
         self._in_loop = False
         self._input_paused = False
@@ -125,6 +138,9 @@ class POP3Session:
         self.closed = True
         self._cancel_idle_timer()
         self._input.clear()
+        self._line_reader = None
+        if not (self._busy and self.state is State.UPDATE):
+            self._release_maildrop()  # else when UPDATE finishes (_command_finished)
         log.info(
             "connection protocol=pop3 peer={peer} tls={tls} user={user} end={end}",
             peer=self.client_ip,
@@ -141,6 +157,16 @@ class POP3Session:
         """Authenticated: the maildrop is locked in for the session (RFC 1939 §5)."""
         self.maildrop = maildrop
         self.state = State.TRANSACTION
+
+    def read_next_line(self, reader: LineReader) -> None:
+        """Give the next complete input line to ``reader`` instead of the command table.
+
+        For a command that asks the client something (AUTH's challenges). The
+        line comes through the line limit like a command; ``reader`` returns a
+        handler result, which is answered like a command's. An over-long line
+        is answered ``-ERR`` and ends the claim, so the exchange is abandoned.
+        """
+        self._line_reader = reader
 
     # -- input ---------------------------------------------------------------
 
@@ -169,6 +195,7 @@ class POP3Session:
                 elif len(self._input) > line_max + 1:
                     self._input.clear()
                     self._discarding = True
+                    self._line_reader = None
                     self._bad_command(replies.LINE_TOO_LONG)
                 return None
             line = bytes(self._input[:end])
@@ -179,6 +206,7 @@ class POP3Session:
             if line.endswith(b"\r"):
                 line = line[:-1]
             if len(line) > line_max:
+                self._line_reader = None
                 self._bad_command(replies.LINE_TOO_LONG)
                 continue
             return line
@@ -187,7 +215,16 @@ class POP3Session:
     # -- commands ------------------------------------------------------------
 
     def _execute(self, line: bytes) -> None:
-        """Look the command up in the table, check state and syntax, run it, answer it."""
+        """Hand the line to the reader that claimed it, or run it as a command."""
+        reader, self._line_reader = self._line_reader, None
+        if reader is not None:
+            self._run(lambda: reader(line), syntax="")
+            return
+        if b"\0" in line:
+            # No POP3 argument may hold NUL (RFC 1939 §3: printable ASCII; RFC 6856 §2.2: UTF-8
+            # text); refused before any handler could pass one on to a password check.
+            self._bad_command(replies.NUL_IN_COMMAND)
+            return
         keyword, _, rest = line.partition(b" ")
         spec = COMMANDS.get(keyword.upper())  # RFC 1939 §3: keywords are case-insensitive
         if spec is None:
@@ -196,12 +233,22 @@ class POP3Session:
         if self.state not in spec.states:
             self._bad_command(replies.BAD_STATE)
             return
+        self._run(lambda: spec.handler(self, split_arguments(spec, rest)), spec.syntax)
+
+    def _run(self, call: Callable[[], HandlerResult], syntax: str) -> None:
+        """Run a handler (``call``) and answer its result, now or when its Deferred fires.
+
+        ``syntax`` is the command's syntax for the reply to a CommandSyntaxError
+        (``""`` for a line reader, which must not raise one).
+        """
         try:
-            args = split_arguments(spec, rest)
-            result = spec.handler(self, args)
+            result = call()
         except CommandSyntaxError:
-            self._bad_command(replies.syntax_error(spec.syntax))
-            return
+            if not syntax:
+                result = self._unexpected(Failure())
+            else:
+                self._bad_command(replies.syntax_error(syntax))
+                return
         except MailError as error:
             result = replies.from_error(error)
         except Exception:
@@ -217,6 +264,8 @@ class POP3Session:
         """A waiting command's result arrived: answer it and go on with buffered input."""
         self._busy = False
         if self.closed:
+            if self._lost:
+                self._release_maildrop()  # the UPDATE the connection dropped during is over
             return
         self._deliver(result)
         self._continue()
@@ -270,15 +319,22 @@ class POP3Session:
 
     # -- connection actions ------------------------------------------------
 
-    def _send(self, reply: Reply) -> None:
+    def _send(self, reply: Reply | Challenge) -> None:
         self._sink.send(reply.to_bytes())
+
+    def _release_maildrop(self) -> None:
+        """Give up the maildrop lock, if this session holds one (idempotent)."""
+        if self.maildrop is not None:
+            maildrop_locks(self.ctx).release(self.maildrop.user, self)
 
     def _start_tls(self) -> None:
         """RFC 2595 §4: TLS starts right after the +OK; anything pipelined behind
         STLS arrived in plaintext and is thrown away, and the state is reset."""
         self._input.clear()
         self._discarding = False
+        self._line_reader = None
         self.pending_user = None
+        self.utf8_mode = False
         self.state = State.AUTHORIZATION
         self.tls_active = True
         self._sink.start_tls()
@@ -289,6 +345,8 @@ class POP3Session:
         self.closed = True
         self._end_reason = reason
         self._input.clear()
+        self._line_reader = None
+        self._release_maildrop()  # RFC 1939 §6: QUIT's UPDATE is over, or it never began
         self._cancel_idle_timer()
         if self._input_paused:
             # Let the transport see the peer's close (or RST) while it finishes writing.

@@ -15,13 +15,16 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from mailserverd.auth.accounts import AuthFailed
+from mailserverd.auth.passwords import derive_scram_secrets
 from mailserverd.context import ServerContext
 from mailserverd.limits import Limits
 from mailserverd.pop3.session import POP3Session
 from mailserverd.store.errors import NotFound
-from mailserverd.store.types import FlagsResult, MailboxInfo, MessageInfo
+from mailserverd.store.types import FlagsResult, MailboxInfo, MessageInfo, ScramSecrets
 
 HOSTNAME = "mail.example.test"
+SCRAM_SALT = b"pop3 test salt!!"
+SCRAM_ITERATIONS = 4096
 
 
 class FakeMailStore:
@@ -96,7 +99,9 @@ class FakeMailStore:
 
 
 class FakeAuthenticator:
-    """Passwords in a dict. ``hold`` makes authenticate return unfired Deferreds (in ``held``)."""
+    """Passwords in a dict, with the Authenticator methods SASL uses (SCRAM secrets are
+    derived from the same passwords). ``hold`` makes authenticate return unfired
+    Deferreds (in ``held``); ``error`` fails authenticate and check_throttle with it."""
 
     def __init__(self, passwords: dict[str, str]):
         self.passwords = passwords
@@ -124,6 +129,27 @@ class FakeAuthenticator:
         for d, result in self.held:
             result.chainDeferred(d)
         self.held.clear()
+
+    def login_key(self, name: str) -> str:
+        return name.lower()
+
+    def check_throttle(self, address, client_ip, *, mechanism):
+        if self.error is not None:
+            return fail(self.error)
+        return succeed(self.login_key(address))
+
+    def scram_lookup(self, address):
+        password = self.passwords.get(self.login_key(address))
+        if password is None:
+            return None
+        return derive_scram_secrets(password, SCRAM_SALT, SCRAM_ITERATIONS)
+
+    def scram_decoy(self, address):
+        return ScramSecrets(SCRAM_SALT, SCRAM_ITERATIONS, b"\1" * 32, b"\2" * 32)
+
+    def record_result(self, address, client_ip, *, succeeded, mechanism):
+        self.calls.append((address, None, client_ip, mechanism))
+        return succeed(self.login_key(address)) if succeeded else fail(AuthFailed("bad"))
 
 
 class RecordingSink:
@@ -196,12 +222,17 @@ def make_ctx(store=None, authenticator=None, allow_plaintext=False, **limits) ->
 class Harness:
     """A started session with its sink, store, authenticator and clock."""
 
-    def __init__(self, *, tls_active=True, allow_plaintext=False, passwords=None, **limits):
-        self.store = FakeMailStore()
-        self.auth = FakeAuthenticator(passwords if passwords is not None else {"alice@example.test": "s3cret pw"})
-        for address in self.auth.passwords:
-            self.store.messages[address] = []  # every account has an INBOX
-        self.ctx = make_ctx(self.store, self.auth, allow_plaintext, **limits)
+    def __init__(self, *, tls_active=True, allow_plaintext=False, passwords=None, ctx=None, **limits):
+        """A new server (store, authenticator, context), or a second connection to ``ctx``'s."""
+        if ctx is None:
+            store = FakeMailStore()
+            auth = FakeAuthenticator(passwords if passwords is not None else {"alice@example.test": "s3cret pw"})
+            for address in auth.passwords:
+                store.messages[address] = []  # every account has an INBOX
+            ctx = make_ctx(store, auth, allow_plaintext, **limits)
+        self.ctx = ctx
+        self.store = ctx.store
+        self.auth = ctx.authenticator
         self.clock = self.ctx.clock
         self.sink = RecordingSink()
         self.session = POP3Session(self.ctx, self.sink, client_ip="192.0.2.7", tls_active=tls_active)
@@ -214,7 +245,8 @@ class Harness:
 
     def converse(self, script: str) -> None:
         """Replay a C:/S: transcript; each group of S: lines must be exactly what the
-        server sends after the C: line(s) before it."""
+        server sends after the C: line(s) before it. ``C:`` and ``S:`` alone are empty
+        lines; ``S: +`` is an empty SASL challenge ("+ ")."""
         pending_client = b""
         expected: list[bytes] = []
 
@@ -230,10 +262,12 @@ class Harness:
             line = raw.strip().encode()
             if not line:
                 continue
-            if line.startswith(b"C: "):
+            if line.startswith(b"C: ") or line == b"C:":
                 if expected:
                     flush()
                 pending_client += line[3:] + b"\r\n"
+            elif line == b"S: +":
+                expected.append(b"+ ")  # RFC 5034 §4: an empty challenge is "+" and a space
             elif line.startswith(b"S: "):
                 expected.append(line[3:])
             elif line == b"S:":

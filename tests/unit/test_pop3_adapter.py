@@ -126,3 +126,25 @@ def test_idle_timeout_closes_transport():
     protocol, transport, ctx = connect()
     ctx.clock.advance(ctx.config.limits.pop3_idle_timeout)
     assert transport.disconnecting
+
+
+def test_pop3_and_pop3s_listeners_share_the_maildrop_lock():
+    store = FakeMailStore()
+    store.messages[ALICE] = []
+    ctx = make_ctx(store, FakeAuthenticator({ALICE: "pw"}))
+    connections = []
+    for kind, implicit_tls in (("pop3s", True), ("pop3", False)):
+        factory = build_factory(ctx, SimpleNamespace(kind=kind, implicit_tls=implicit_tls))
+        protocol = factory.buildProtocol(None)
+        transport = TLSStringTransport()
+        protocol.makeConnection(transport)
+        take(transport)
+        connections.append((protocol, transport))
+    (first, first_transport), (second, second_transport) = connections
+    first.dataReceived(b"USER alice@example.test\r\nPASS pw\r\n")
+    second.dataReceived(b"STLS\r\n")
+    second.dataReceived(b"USER alice@example.test\r\nPASS pw\r\n")
+    assert take(second_transport).endswith(b"-ERR [IN-USE] maildrop already in use by another session\r\n")
+    first.connectionLost(None)  # a dropped connection releases the lock
+    second.dataReceived(b"USER alice@example.test\r\nPASS pw\r\n")
+    assert take(second_transport) == b"+OK send PASS\r\n+OK maildrop has 0 messages (0 octets)\r\n"
