@@ -67,16 +67,22 @@ def imap_fetch_all(daemon, user: str, implicit: bool = False) -> list[bytes]:
         client.logout()
 
 
-def pop_fetch_all(daemon, user: str, implicit: bool = False) -> list[bytes]:
+def pop_login(daemon, user: str, implicit: bool = False) -> poplib.POP3:
+    """A poplib client in TRANSACTION state, over 995 or over STLS on the plain port."""
     ctx = daemon.ssl_context()
     if implicit:
-        client = poplib.POP3_SSL("127.0.0.1", daemon.ports["pop3s"], context=ctx, timeout=30)
+        client = poplib.POP3_SSL("127.0.0.1", daemon.ports["pop3s"], context=ctx, timeout=60)
     else:
-        client = poplib.POP3("127.0.0.1", daemon.ports["pop3"], timeout=30)
+        client = poplib.POP3("127.0.0.1", daemon.ports["pop3"], timeout=60)
         client.stls(context=ctx)
+    client.user(user)
+    client.pass_(daemon.users[user])
+    return client
+
+
+def pop_fetch_all(daemon, user: str, implicit: bool = False) -> list[bytes]:
+    client = pop_login(daemon, user, implicit)
     try:
-        client.user(user)
-        client.pass_(daemon.users[user])
         count, _size = client.stat()
         out = []
         for n in range(1, count + 1):

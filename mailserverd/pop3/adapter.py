@@ -68,6 +68,11 @@ class POP3Protocol(Protocol):
     # -- Protocol ------------------------------------------------------------
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted's name)
+        # RETR/TOP send the status line and the body in separate writes: with
+        # Nagle's algorithm the body waits for the client's delayed ACK (~40 ms).
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         peer = self.transport.getPeer()
         self.session = POP3Session(
             self.ctx, self, client_ip=getattr(peer, "host", str(peer)), tls_active=self.implicit_tls
