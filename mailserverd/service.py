@@ -110,6 +110,9 @@ class MailServer:
         except Exception:
             yield self.stop()
             raise
+        if config.auth.allow_plaintext:
+            log.warn("auth-plaintext-allowed: [auth] allow_plaintext is on: passwords may cross the "
+                     "network in clear text (LOGIN, USER/PASS and AUTH are accepted before TLS)")
         log.info(
             "ready listeners={listeners} data_dir={data_dir} shards={shards}",
             listeners=" ".join(f"{l.kind}:{l.address}:{l.port}" for l in config.listeners),

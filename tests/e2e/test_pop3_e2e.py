@@ -8,6 +8,7 @@ no password accepted before TLS.
 
 from __future__ import annotations
 
+import imaplib
 import poplib
 import re
 import socket
@@ -17,7 +18,7 @@ import pytest
 
 import clients
 from clients import imap_fetch_all, make_message, smtp_send, stored_tail
-from conftest import wait_for
+from conftest import make_daemon, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -360,3 +361,28 @@ def test_wrong_password_refused_with_auth_code(daemon):
     with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
         client.pass_("not the password")
     client.quit()
+
+
+def test_second_session_on_one_maildrop_is_in_use_and_imap_sees_pop3_deletions(daemon):
+    smtp_send(daemon, make_message("shared inbox"))
+    imap = imaplib.IMAP4_SSL("127.0.0.1", daemon.ports["imaps"], ssl_context=daemon.ssl_context(), timeout=60)
+    imap.login(ALICE, daemon.users[ALICE])
+    assert imap.select("INBOX")[1] == [b"1"]
+    first = pop_login(daemon, implicit=True)
+    with pytest.raises(poplib.error_proto, match=r"\[IN-USE\]"):
+        pop_login(daemon)  # the plain port's STLS session shares the lock with 995
+    first.dele(1)
+    first.quit()  # expunges before +OK, and releases the maildrop
+    second = pop_login(daemon)
+    assert second.stat()[0] == 0
+    second.quit()
+    imap.noop()  # RFC 9051 §7.5.1: another session's expunge is reported as EXPUNGE
+    assert imap.untagged_responses.get("EXPUNGE") == [b"1"]
+    imap.logout()
+
+
+def test_plaintext_allowed_is_said_loudly_in_the_log(tmp_path):
+    daemon = make_daemon(tmp_path / "d", extra_config="[auth]\nallow_plaintext = true")
+    daemon.start()
+    wait_for(lambda: "auth-plaintext-allowed" in daemon.log(), what="the plaintext warning")
+    daemon.stop()
