@@ -25,6 +25,7 @@ test-quick: setup
 
 bench: setup
 	$(BIN)/python bench/store_bench.py
+	$(BIN)/python bench/pop3_retr.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
