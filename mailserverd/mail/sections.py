@@ -25,21 +25,14 @@ fields for HEADER.FIELDS.
 
 from __future__ import annotations
 
-import re
 
 __all__ = [
     "SECTION_TEXTS",
-    "SectionError",
-    "parse_section",
     "section_bytes",
     "header_fields_bytes",
 ]
 
 SECTION_TEXTS = ("", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME")
-
-
-class SectionError(ValueError):
-    """Raised by :func:`parse_section` for a section spec that is not valid syntax."""
 
 
 def _is_message_node(node: list) -> bool:
@@ -144,38 +137,3 @@ def _split_fields(header: bytes) -> list[bytes]:
             fields.append(line)
         pos = line_end
     return fields
-
-
-# RFC 9051 §9: section-spec = section-msgtext / (section-part ["." section-text])
-_SECTION = re.compile(
-    rb"^((?:[1-9][0-9]*)(?:\.[1-9][0-9]*)*)?"
-    rb"(?:(?(1)\.)(HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME))?"
-    rb"(?:\s*\((.*)\))?$", re.IGNORECASE | re.DOTALL)
-
-
-def parse_section(spec: bytes) -> tuple[tuple[int, ...], str, tuple[bytes, ...]]:
-    """Parse the text between ``[`` and ``]`` of BODY[...] (RFC 9051 §9 section-spec).
-
-    Returns (path, section text upper-cased, field names).  Field names may
-    be atoms or quoted strings.  Raises SectionError when the spec is invalid
-    (MIME without part number, field list without HEADER.FIELDS, ...).
-    """
-    match = _SECTION.match(spec.strip())
-    if match is None:
-        raise SectionError(f"bad section {spec!r}")
-    numbers, text, field_list = match.groups()
-    path = tuple(int(n) for n in numbers.split(b".")) if numbers else ()
-    text_name = text.decode("ascii").upper() if text else ""
-    if text_name in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
-        if field_list is None:
-            raise SectionError("HEADER.FIELDS needs a list of field names")
-        names = tuple(re.findall(rb'"((?:[^"\\]|\\.)*)"|([^\s()"]+)', field_list))
-        fields = tuple((quoted or atom) for quoted, atom in names)
-        if not fields:
-            raise SectionError("HEADER.FIELDS needs at least one field name")
-        return path, text_name, fields
-    if field_list is not None:
-        raise SectionError("a field list is only valid after HEADER.FIELDS")
-    if text_name == "MIME" and not path:
-        raise SectionError("MIME needs a part number")
-    return path, text_name, ()

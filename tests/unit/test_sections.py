@@ -8,13 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from mailserverd.imap.commands.fetch import Section, parse_section
+from mailserverd.imap.parser import ArgCursor, ParseError
 from mailserverd.mail.facts import compute_facts
-from mailserverd.mail.sections import (
-    SectionError,
-    header_fields_bytes,
-    parse_section,
-    section_bytes,
-)
+from mailserverd.mail.sections import header_fields_bytes, section_bytes
 
 TESTDATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "mime"
 
@@ -29,9 +26,14 @@ def _testdata_message(name: str) -> bytes:
     return re.sub(rb"\r?\n", b"\r\n", path.read_bytes())
 
 
+def _section(spec: bytes) -> Section:
+    """The section ``BODY[spec]`` names, read by the IMAP FETCH parser."""
+    return parse_section(ArgCursor((b"[" + spec + b"]",)))
+
+
 def _fetch(raw: bytes, spec: bytes) -> bytes | None:
-    path, text, fields = parse_section(spec)
-    return section_bytes(raw, compute_facts(raw)["parts"], path, text, fields)
+    section = _section(spec)
+    return section_bytes(raw, compute_facts(raw)["parts"], section.part, section.text, section.fields)
 
 
 # rfc2060.eml is the part-numbering example of RFC 3501 §6.4.5 (kept in RFC
@@ -84,11 +86,11 @@ def test_rfc_example_mime_headers():
 def test_rfc_example_missing_sections(spec):
     raw = _testdata_message("rfc2060.eml")
     try:
-        path, text, fields = parse_section(spec)
-    except SectionError:
+        section = _section(spec)
+    except ParseError:
         assert spec == b"0"
         return
-    assert section_bytes(raw, compute_facts(raw)["parts"], path, text, fields) is None
+    assert section_bytes(raw, compute_facts(raw)["parts"], section.part, section.text, section.fields) is None
 
 
 def test_embedded_message_from_testdata():
@@ -160,14 +162,14 @@ def test_header_fields_bytes_adds_missing_line_break():
     (b"HEADER.FIELDS.NOT (X-A)", ((), "HEADER.FIELDS.NOT", (b"X-A",))),
 ])
 def test_parse_section(spec, expected):
-    assert parse_section(spec) == expected
+    assert _section(spec) == Section(*expected)
 
 
 @pytest.mark.parametrize("spec", [b"MIME", b"HEADER.FIELDS", b"HEADER.FIELDS ()", b"1..2",
                                   b"TEXT (A)", b"1.BOGUS", b"01", b"HEADERX"])
 def test_parse_section_rejects(spec):
-    with pytest.raises(SectionError):
-        parse_section(spec)
+    with pytest.raises(ParseError):
+        _section(spec)
 
 
 def test_section_bytes_rejects_unknown_text():

@@ -96,7 +96,7 @@ def _parse_att(args: ArgCursor, name: bytes | None = None) -> FetchItem:
     if args.peek() == 0x5B:  # [
         if name not in (b"BODY", b"BODY.PEEK"):
             raise ParseError("Invalid fetch attribute")
-        section = _parse_section(args)
+        section = parse_section(args)
         partial = _parse_partial(args)
         label = b"BODY[" + section.label() + b"]"
         if partial is not None:
@@ -113,8 +113,11 @@ def _parse_att(args: ArgCursor, name: bytes | None = None) -> FetchItem:
     raise ParseError("Invalid fetch attribute")
 
 
-def _parse_section(args: ArgCursor) -> Section:
-    """``"[" [section-spec] "]"`` (RFC 3501 §9 section)."""
+def parse_section(args: ArgCursor) -> Section:
+    """``"[" [section-spec] "]"`` (RFC 3501 §9 section): the one section parser.
+
+    Raises ParseError for a spec that is not valid syntax.
+    """
     args.expect_byte(b"[", "'['")
     words = args.match(_SECTION_WORDS, "a section").split(b".") if args.peek() != 0x5D else []
     if any(not word for word in words):
