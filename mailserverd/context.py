@@ -16,7 +16,6 @@ if TYPE_CHECKING:  # pragma: no cover - imports only for type checkers
     from mailserverd.auth.accounts import Authenticator
     from mailserverd.config import Config
     from mailserverd.delivery.local import LocalDelivery
-    from mailserverd.store.interface import Directory, MailStore
     from mailserverd.tls import ServerTLS
 
 
@@ -33,7 +32,7 @@ class ServerContext:
     """
 
     config: "Config"
-    store: "Any"  # Directory & MailStore
+    store: "Any"  # implements store.interface.Directory and store.interface.MailStore
     authenticator: "Authenticator"
     delivery: "LocalDelivery"
     tls: "ServerTLS"

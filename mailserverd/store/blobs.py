@@ -102,13 +102,6 @@ def release_blob_refs(txn, dbs, blob_id: bytes, count: int = 1) -> None:
     txn.delete(blob_id, db=dbs["blobs"])
 
 
-def blob_refcount(txn, dbs, blob_id: bytes) -> int:
-    """How many messages of the shard reference the blob (0 if none)."""
-    if not _exists(txn, dbs, blob_id):
-        return 0
-    return _refcount(txn, dbs, blob_id)
-
-
 def read_blob(txn, dbs, blob_id: bytes) -> bytes | None:
     """The message bytes of a blob, or None if the shard does not hold it."""
     stored = txn.get(blob_id, db=dbs["blobs"])

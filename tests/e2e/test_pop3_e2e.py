@@ -12,7 +12,6 @@ import imaplib
 import poplib
 import re
 import socket
-import ssl
 
 import pytest
 

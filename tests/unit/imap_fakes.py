@@ -9,20 +9,18 @@ session's connection; ``Harness`` starts a session on a ``Clock``.
 from __future__ import annotations
 
 import hashlib
-from types import SimpleNamespace
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import Clock
 
 from mailserverd.auth.accounts import AuthFailed
 from mailserverd.context import ServerContext
 from mailserverd.imap.session import ImapSession
-from mailserverd.limits import Limits
 from mailserverd.mail.facts import compute_facts
 from mailserverd.store.errors import Expunged, NotFound
 from mailserverd.store.types import FlagsResult, MailboxInfo, MessageInfo
 
-HOSTNAME = "mail.example.test"
+from session_fakes import HOSTNAME, make_context  # noqa: F401 (HOSTNAME: re-exported for the tests)
+
 USER = "alice@example.test"
 PASSWORD = "correct horse"
 INTERNALDATE = 1704164645  # 2024-01-02 03:04:05 UTC
@@ -194,19 +192,9 @@ class RecordingOutput:
 
 
 def make_ctx(store=None, authenticator=None, allow_plaintext=False, **limits) -> ServerContext:
-    config = SimpleNamespace(
-        server=SimpleNamespace(hostname=HOSTNAME),
-        auth=SimpleNamespace(allow_plaintext=allow_plaintext),
-        limits=Limits(**limits),
-    )
-    return ServerContext(
-        config=config,
-        store=store if store is not None else FakeMailStore(),
-        authenticator=authenticator if authenticator is not None else FakeAuthenticator({}),
-        delivery=None,
-        tls=SimpleNamespace(server_creator=lambda: "tls-creator"),
-        clock=Clock(),
-    )
+    return make_context(store if store is not None else FakeMailStore(),
+                        authenticator if authenticator is not None else FakeAuthenticator({}),
+                        allow_plaintext, **limits)
 
 
 class Harness:

@@ -9,20 +9,18 @@ ServerContext around them with a ``Clock``.
 from __future__ import annotations
 
 import hashlib
-from types import SimpleNamespace
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import Clock
 
 from mailserverd.auth.accounts import AuthFailed
 from mailserverd.auth.passwords import derive_scram_secrets
 from mailserverd.context import ServerContext
-from mailserverd.limits import Limits
 from mailserverd.pop3.session import POP3Session
 from mailserverd.store.errors import NotFound
 from mailserverd.store.types import FlagsResult, MailboxInfo, MessageInfo, ScramSecrets
 
-HOSTNAME = "mail.example.test"
+from session_fakes import HOSTNAME, make_context  # noqa: F401 (HOSTNAME: re-exported for the tests)
+
 SCRAM_SALT = b"pop3 test salt!!"
 SCRAM_ITERATIONS = 4096
 
@@ -204,19 +202,9 @@ class RecordingSink:
 
 
 def make_ctx(store=None, authenticator=None, allow_plaintext=False, **limits) -> ServerContext:
-    config = SimpleNamespace(
-        server=SimpleNamespace(hostname=HOSTNAME),
-        auth=SimpleNamespace(allow_plaintext=allow_plaintext),
-        limits=Limits(**limits),
-    )
-    return ServerContext(
-        config=config,
-        store=store if store is not None else FakeMailStore(),
-        authenticator=authenticator if authenticator is not None else FakeAuthenticator({}),
-        delivery=None,
-        tls=SimpleNamespace(server_creator=lambda: "tls-creator"),
-        clock=Clock(),
-    )
+    return make_context(store if store is not None else FakeMailStore(),
+                        authenticator if authenticator is not None else FakeAuthenticator({}),
+                        allow_plaintext, **limits)
 
 
 class Harness:
