@@ -12,14 +12,13 @@ import hashlib
 
 from twisted.internet.defer import Deferred, fail, succeed
 
-from mailserverd.auth.accounts import AuthFailed
 from mailserverd.context import ServerContext
 from mailserverd.imap.session import ImapSession
 from mailserverd.mail.facts import compute_facts
 from mailserverd.store.errors import Expunged, NotFound
 from mailserverd.store.types import FlagsResult, MailboxInfo, MessageInfo
 
-from session_fakes import HOSTNAME, make_context  # noqa: F401 (HOSTNAME: re-exported for the tests)
+from session_fakes import HOSTNAME, FakeAuthenticator, make_context  # noqa: F401 (re-exported for the tests)
 
 USER = "alice@example.test"
 PASSWORD = "correct horse"
@@ -135,36 +134,6 @@ class FakeMailStore:
         held, self.held = self.held, []
         for d in held:
             d.callback(None)
-
-
-class FakeAuthenticator:
-    """Passwords in a dict. ``hold`` keeps authenticate's Deferreds unfired (see :meth:`release`)."""
-
-    def __init__(self, passwords: dict[str, str]):
-        self.passwords = passwords
-        self.calls: list[tuple] = []
-        self.hold = False
-        self.held: list[tuple] = []
-        self.error: Exception | None = None
-
-    def authenticate(self, address, password, client_ip, *, mechanism="LOGIN"):
-        self.calls.append((address, password, client_ip))
-        if self.error is not None:
-            result = fail(self.error)
-        elif self.passwords.get(address.lower()) == password:
-            result = succeed(address.lower())
-        else:
-            result = fail(AuthFailed("bad"))
-        if self.hold:
-            d = Deferred()
-            self.held.append((d, result))
-            return d
-        return result
-
-    def release(self) -> None:
-        held, self.held = self.held, []
-        for d, result in held:
-            result.chainDeferred(d)
 
 
 class RecordingOutput:

@@ -12,17 +12,13 @@ import hashlib
 
 from twisted.internet.defer import Deferred, fail, succeed
 
-from mailserverd.auth.accounts import AuthFailed
-from mailserverd.auth.passwords import derive_scram_secrets
 from mailserverd.context import ServerContext
 from mailserverd.pop3.session import POP3Session
 from mailserverd.store.errors import NotFound
-from mailserverd.store.types import FlagsResult, MailboxInfo, MessageInfo, ScramSecrets
+from mailserverd.store.types import FlagsResult, MailboxInfo, MessageInfo
 
-from session_fakes import HOSTNAME, make_context  # noqa: F401 (HOSTNAME: re-exported for the tests)
+from session_fakes import HOSTNAME, FakeAuthenticator, make_context  # noqa: F401 (re-exported for the tests)
 
-SCRAM_SALT = b"pop3 test salt!!"
-SCRAM_ITERATIONS = 4096
 
 
 class FakeMailStore:
@@ -94,60 +90,6 @@ class FakeMailStore:
         def apply():
             self.messages[user] = [m for m in self.messages[user] if m.uid not in gone]
         return self._write(lambda: gone, apply)
-
-
-class FakeAuthenticator:
-    """Passwords in a dict, with the Authenticator methods SASL uses (SCRAM secrets are
-    derived from the same passwords). ``hold`` makes authenticate return unfired
-    Deferreds (in ``held``); ``error`` fails authenticate and check_throttle with it."""
-
-    def __init__(self, passwords: dict[str, str]):
-        self.passwords = passwords
-        self.calls: list[tuple] = []
-        self.hold = False
-        self.held: list[Deferred] = []
-        self.error: Exception | None = None
-
-    def authenticate(self, address, password, client_ip, *, mechanism="LOGIN"):
-        self.calls.append((address, password, client_ip, mechanism))
-        if self.error is not None:
-            return fail(self.error)
-        if self.passwords.get(address.lower()) == password:
-            result = succeed(address.lower())
-        else:
-            result = fail(AuthFailed("bad"))
-        if self.hold:
-            d = Deferred()
-            self.held.append((d, result))
-            return d
-        return result
-
-    def release(self):
-        """Fire every held authentication with its real outcome."""
-        for d, result in self.held:
-            result.chainDeferred(d)
-        self.held.clear()
-
-    def login_key(self, name: str) -> str:
-        return name.lower()
-
-    def check_throttle(self, address, client_ip, *, mechanism):
-        if self.error is not None:
-            return fail(self.error)
-        return succeed(self.login_key(address))
-
-    def scram_lookup(self, address):
-        password = self.passwords.get(self.login_key(address))
-        if password is None:
-            return None
-        return derive_scram_secrets(password, SCRAM_SALT, SCRAM_ITERATIONS)
-
-    def scram_decoy(self, address):
-        return ScramSecrets(SCRAM_SALT, SCRAM_ITERATIONS, b"\1" * 32, b"\2" * 32)
-
-    def record_result(self, address, client_ip, *, succeeded, mechanism):
-        self.calls.append((address, None, client_ip, mechanism))
-        return succeed(self.login_key(address)) if succeeded else fail(AuthFailed("bad"))
 
 
 class RecordingSink:

@@ -91,7 +91,7 @@ def test_login_ok_reports_capabilities():
     assert h.c(b'a LOGIN Alice@Example.test "correct horse"\r\n') == (
         b"a OK [CAPABILITY IMAP4rev1 LITERAL+] Logged in\r\n")
     assert h.session.user == USER
-    assert h.auth.calls == [("Alice@Example.test", PASSWORD, "192.0.2.7")]
+    assert h.auth.calls == [("Alice@Example.test", PASSWORD, "192.0.2.7", "LOGIN")]
 
 
 def test_login_with_literals():
