@@ -129,6 +129,31 @@ def _integer(minimum: int, maximum: int, unit: str = "") -> Check:
     return check
 
 
+def _number(minimum: float, maximum: float) -> Check:
+    def check(value: object, base: Path) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _Invalid(f"must be a number, got {_toml_type(value)}")
+        if not minimum <= value <= maximum:
+            raise _Invalid(f"must be between {minimum} and {maximum}, got {value}")
+        return float(value)
+
+    return check
+
+
+def _hostnames(value: object, base: Path) -> tuple[str, ...]:
+    """An array of domain names (DNS zones)."""
+    if not isinstance(value, list):
+        raise _Invalid(f"must be an array of domain names, got {_toml_type(value)}")
+    return tuple(_hostname(item, base) for item in value)
+
+
+def _delimiter(value: object, base: Path) -> str:
+    text = _require_string(value)
+    if len(text) > 1 or (text and (text.isalnum() or text in '@."\\ ' or not text.isascii())):
+        raise _Invalid(f"must be one character such as + or -, or empty, got {text!r}")
+    return text
+
+
 def _choice(*options: str) -> Check:
     def check(value: object, base: Path) -> str:
         text = _require_string(value)
@@ -296,6 +321,34 @@ class DNSConfig:
 
 
 @dataclass(frozen=True)
+class DeliveryConfig:
+    """``[delivery]``: ``recipient_delimiter`` separates user and detail in
+    ``user+detail@domain`` (RFC 5233 sub-addressing; ``""`` turns it off)."""
+
+    recipient_delimiter: str = _key("+", _delimiter)
+
+
+@dataclass(frozen=True)
+class InboundConfig:
+    """``[inbound]``: the checks run on mail from other MTAs before it is stored.
+
+    ``authserv_id`` names us in Authentication-Results (``""``: the hostname).
+    Spam score thresholds: above ``junk_threshold`` into Junk, above
+    ``reject_threshold`` refused with 550 5.7.1. ``dmarc_reject_action`` is
+    what a failing ``p=reject`` domain gets: ``reject`` or ``quarantine`` (Junk).
+    """
+
+    authserv_id: str = _key("", _string)
+    spf: bool = _key(True, _boolean)
+    dkim: bool = _key(True, _boolean)
+    dmarc: bool = _key(True, _boolean)
+    dmarc_reject_action: str = _key("reject", _choice("reject", "quarantine"))
+    dnsbl_zones: tuple[str, ...] = _key((), _hostnames)
+    junk_threshold: float = _key(5.0, _number(-100.0, 1000.0))
+    reject_threshold: float = _key(10.0, _number(-100.0, 1000.0))
+
+
+@dataclass(frozen=True)
 class OutboundConfig:
     """``[outbound]``: ``port`` is the TCP port outbound delivery connects to."""
 
@@ -319,6 +372,8 @@ class Config:
     listeners: tuple[ListenerConfig, ...] = ()
     auth: AuthConfig = field(default_factory=AuthConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
     log: LogConfig = field(default_factory=LogConfig)
     limits: Limits = field(default_factory=Limits)  # type: ignore[valid-type]
@@ -328,9 +383,11 @@ class Config:
 # Plain tables and the dataclass each becomes; [[listener]] and [limits] are special.
 _TABLES: dict[str, type] = {
     "server": ServerConfig, "tls": TLSConfig, "auth": AuthConfig,
-    "dns": DNSConfig, "outbound": OutboundConfig, "log": LogConfig,
+    "dns": DNSConfig, "delivery": DeliveryConfig, "inbound": InboundConfig,
+    "outbound": OutboundConfig, "log": LogConfig,
 }
-_ALL_TABLES = ("server", "tls", "listener", "auth", "dns", "outbound", "log", "limits")
+_ALL_TABLES = ("server", "tls", "listener", "auth", "dns", "delivery", "inbound", "outbound",
+               "log", "limits")
 
 
 # --- reading

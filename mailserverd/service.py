@@ -18,6 +18,7 @@ from mailserverd.auth.accounts import Authenticator
 from mailserverd.config import Config, ListenerConfig
 from mailserverd.connlimit import ConnectionCounter, LimitedFactory
 from mailserverd.context import ServerContext
+from mailserverd.delivery.checks import InboundChecks, InboundSettings
 from mailserverd.delivery.local import LocalDelivery
 from mailserverd.store.lmdbstore import LMDBStore
 from mailserverd.tls import ServerTLS, TLSSettings
@@ -32,6 +33,24 @@ def tls_settings(config: Config) -> TLSSettings:
         key=str(config.tls.key),
         min_version=config.tls.min_version,
         ciphers=config.tls.ciphers,
+    )
+
+
+def inbound_settings(config: Config) -> InboundSettings:
+    """The inbound checks' settings from ``[inbound]`` and ``[dns]``."""
+    inbound = config.inbound
+    return InboundSettings(
+        authserv_id=inbound.authserv_id or config.server.hostname,
+        resolver=config.dns.resolver_address,
+        dns_timeout=float(config.dns.timeout),
+        spf=inbound.spf, dkim=inbound.dkim, dmarc=inbound.dmarc,
+        dmarc_reject_action=inbound.dmarc_reject_action,
+        dnsbl_zones=inbound.dnsbl_zones,
+        junk_threshold=inbound.junk_threshold,
+        reject_threshold=inbound.reject_threshold,
+        pool_size=config.limits.inbound_threads,
+        dkim_signatures_max=config.limits.dkim_signatures_max,
+        spf_time_limit=float(config.limits.spf_check_timeout),
     )
 
 
@@ -94,7 +113,10 @@ class MailServer:
         self.store.start()
         authenticator = Authenticator(self.store, config.limits, self.reactor, reactor=self.reactor)
         authenticator.start()
-        delivery = LocalDelivery(self.store, config.server.hostname, self.reactor)
+        checks = InboundChecks(inbound_settings(config), reactor=self.reactor)
+        checks.start()
+        delivery = LocalDelivery(self.store, config.server.hostname, self.reactor,
+                                 delimiter=config.delivery.recipient_delimiter, checks=checks)
         self.ctx = ServerContext(
             config=config,
             store=self.store,
@@ -132,6 +154,7 @@ class MailServer:
         if self.ctx is not None:
             ctx, self.ctx = self.ctx, None
             ctx.authenticator.stop()
+            ctx.delivery.stop()
         if self.store is not None:
             store, self.store = self.store, None
             yield store.stop()

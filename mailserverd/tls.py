@@ -94,6 +94,41 @@ class ServerTLS:
         return SSL.Connection(self._context, None)
 
 
+def connection_of(transport: object) -> SSL.Connection | None:
+    """The pyOpenSSL connection under ``transport``, or None when TLS is not on.
+
+    Implicit TLS puts the TLS protocol beneath our wrappers (its getHandle()
+    gives the connection); STARTTLS swaps the TCP transport's ``protocol``
+    for the TLS one. A few levels of wrapping are searched, no more.
+    """
+    candidates = [transport]
+    for _ in range(4):
+        if not candidates:
+            break
+        current = candidates.pop(0)
+        get_handle = getattr(current, "getHandle", None)
+        try:
+            handle = get_handle() if get_handle is not None else None
+        except Exception:  # a transport that is closing; nothing to describe
+            handle = None
+        if isinstance(handle, SSL.Connection):
+            return handle
+        candidates += [getattr(current, name, None) for name in ("protocol", "transport")]
+        candidates = [candidate for candidate in candidates if candidate is not None]
+    return None
+
+
+def describe(transport: object) -> str:
+    """``"TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)"`` (Postfix's
+    Received: wording), or ``""`` when the transport has no finished TLS session."""
+    connection = connection_of(transport)
+    if connection is None or connection.get_cipher_name() is None:
+        return ""
+    bits = connection.get_cipher_bits()
+    return f"{connection.get_protocol_version_name()} with cipher {connection.get_cipher_name()} " \
+           f"({bits}/{bits} bits)"
+
+
 def write_self_signed(cert_path: str, key_path: str, hostnames: list[str]) -> None:
     """Write a self-signed certificate and its key (mode 0600) for ``hostnames``.
 

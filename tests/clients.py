@@ -26,7 +26,14 @@ def make_message(subject: str, body_lines: int = 40) -> bytes:
     return b"\r\n".join(lines) + b"\r\n"
 
 
-def smtp_send(daemon, message: bytes, rcpt: str = "alice@example.test", kind: str = "smtp") -> None:
+def smtp_send(daemon, message: bytes, rcpt: str = "alice@example.test", kind: str = "smtp",
+              login: str = "") -> None:
+    """Send ``message`` to ``rcpt`` over STARTTLS (smtps: implicit TLS).
+
+    The submission ports need AUTH: ``login`` names the account (default
+    alice) and is also the envelope sender there; the MX sends as a remote
+    sender without AUTH.
+    """
     ctx = daemon.ssl_context()
     if kind == "smtps":
         client = smtplib.SMTP_SSL("127.0.0.1", daemon.ports[kind], context=ctx, timeout=30)
@@ -35,7 +42,11 @@ def smtp_send(daemon, message: bytes, rcpt: str = "alice@example.test", kind: st
         client.starttls(context=ctx)
     with client:
         client.ehlo("client.remote.test")
-        refused = client.sendmail("sender@remote.test", [rcpt], message)
+        sender = "sender@remote.test"
+        if kind in ("submission", "smtps"):
+            sender = login or "alice@example.test"
+            client.login(sender, daemon.users[sender])
+        refused = client.sendmail(sender, [rcpt], message)
         assert refused == {}
 
 

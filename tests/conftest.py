@@ -163,8 +163,36 @@ def _reap_daemons():
             made.proc.wait(timeout=30)
 
 
-def make_daemon(root: Path, shards: int = 2, extra_config: str = "") -> Daemon:
-    """Write certificates and a config for a daemon under ``root``; don't start it."""
+_SHARED_DNS: list = []
+
+
+def shared_dns():
+    """One test DNS server for the whole run (started on first use): daemons point
+    their resolver at it, so no test ever asks the real DNS. Tests that need
+    records start their own with the ``dns_server`` fixture."""
+    from dnsserver import TestDNSServer
+
+    if not _SHARED_DNS:
+        _SHARED_DNS.append(TestDNSServer().start())
+    return _SHARED_DNS[0]
+
+
+@pytest.fixture
+def dns_server():
+    """The run's test DNS server (see tests/dnsserver.py), emptied before and
+    after the test, so that its records are this test's alone."""
+    server = shared_dns()
+    server.clear()
+    yield server
+    server.clear()
+
+
+def make_daemon(root: Path, shards: int = 2, extra_config: str = "", dns=None) -> Daemon:
+    """Write certificates and a config for a daemon under ``root``; don't start it.
+
+    The daemon's resolver is ``dns`` (a TestDNSServer) or the run's shared one,
+    unless ``extra_config`` has its own ``[dns]`` table.
+    """
     import trustme
 
     root.mkdir(parents=True, exist_ok=True)
@@ -182,6 +210,8 @@ def make_daemon(root: Path, shards: int = 2, extra_config: str = "") -> Daemon:
         f'\n[[listener]]\nkind = "{kind}"\naddress = "127.0.0.1"\nport = {port}\n'
         for kind, port in ports.items()
     )
+    dns_config = "" if "[dns]" in extra_config else \
+        f'[dns]\nresolver = "{(dns or shared_dns()).address}"\ntimeout = 5\n'
     config = f"""
 [server]
 hostname = "mx.example.test"
@@ -197,6 +227,7 @@ bcrypt_cost = 4
 auth_failure_delay = 0
 {extra_config}
 {listeners}
+{dns_config}
 """
     config_path = root / "mailserverd.toml"
     config_path.write_text(config)

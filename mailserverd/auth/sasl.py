@@ -121,6 +121,21 @@ def mechanisms(tls_active: bool, allow_plaintext: bool) -> list[str]:
     return []
 
 
+def decode_response(line: bytes) -> bytes | None:
+    """A client response line decoded from base64 (RFC 4648 §4, padded), or None if it is not.
+
+    Strict: no characters outside the alphabet, no missing or surplus padding.
+    SMTP (RFC 4954 §4), IMAP (RFC 9051 §6.2.2) and POP3 (RFC 5034 §4) all
+    send responses this way.
+    """
+    if len(line) % 4:
+        return None  # strict_mode alone lets surplus "=" after a whole quantum through
+    try:
+        return binascii.a2b_base64(line, strict_mode=True)
+    except binascii.Error:
+        return None
+
+
 def create_mechanism(name: str | bytes, authenticator: Authenticator, client_ip: str,
                      tls_active: bool, *, allow_plaintext: bool = False,
                      nonce_factory: Callable[[], str] | None = None) -> "SaslMechanism":

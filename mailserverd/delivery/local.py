@@ -22,18 +22,27 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailserverd.delivery import authresults
+from mailserverd.delivery.checks import Envelope, Verdict
 from mailserverd.errors import MailError
 from mailserverd.mail.address import AddressError, canonical, split
 from mailserverd.store.errors import OverQuota, StoreError, StoreFull
 
 log = Logger(namespace="mailserverd.smtp")
 
+#: Where mail the spam score marks as junk goes (a default mailbox, RFC 6154 \\Junk).
+JUNK = "Junk"
+
 RELAY_DENIED = MailError("550", "5.7.1", "Relay access denied")
 TEMPORARY_FAILURE = MailError("451", "4.3.0", "Local error in processing, try again later", temporary=True)
-MAILBOX_FULL = MailError("552", "5.2.2", "Mailbox full")
 # RFC 5321 §4.2.3 452 "insufficient system storage", RFC 3463 X.3.1 "mail system full".
 STORE_FULL = MailError("452", "4.3.1", "Insufficient system storage, try again later", temporary=True)
 BAD_RECIPIENT = MailError("501", "5.1.3", "Bad recipient address")
+# RFC 3463 X.2.2 as a temporary failure: the user can make room (Dovecot's
+# quota_full_tempfail); the sender's MTA retries instead of bouncing at once.
+MAILBOX_FULL = MailError("452", "4.2.2", "Mailbox full", temporary=True)
+NO_OUTBOUND = MailError("451", "4.3.0", "Delivery to other domains is not available yet, try again later",
+                        temporary=True)
 
 
 @dataclass(frozen=True)
@@ -42,13 +51,17 @@ class ClientInfo:
 
     ``helo`` is the HELO/EHLO name as sent; ``ip`` the peer's address;
     ``reverse_name`` its verified reverse DNS name or ``""`` when unknown;
-    ``protocol`` the RFC 3848 ``with`` keyword (SMTP, ESMTP, ESMTPS...).
+    ``protocol`` the RFC 3848 ``with`` keyword (SMTP, ESMTP, ESMTPS...);
+    ``tls`` the TLS version and cipher (``"TLSv1.3 with cipher X (256/256 bits)"``)
+    or ``""``; ``authenticated_user`` the SMTP AUTH identity or ``""``.
     """
 
     helo: str
     ip: str
     reverse_name: str = ""
     protocol: str = "ESMTP"
+    tls: str = ""
+    authenticated_user: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,16 @@ class DeliveryResult:
     size: int
 
 
+def authenticated_verdict(raw: bytes, authserv_id: str, user: str) -> Verdict:
+    """Mail from an authenticated client: no SPF/DKIM/DMARC or spam checks, an
+    ``auth=pass smtp.auth=user`` result (RFC 8601 §2.7.4) instead; forged
+    results claiming ``authserv_id`` are removed as for any mail (§5)."""
+    field = authresults.format_field(
+        authserv_id, [authresults.MethodResult("auth", "pass", (("smtp.auth", user),))])
+    message = authresults.prepend_fields(authresults.remove_claiming(raw, authserv_id), [field])
+    return Verdict(message=message, action="deliver", score=0.0, reply=None, results={"auth": "pass"})
+
+
 def new_queue_id() -> str:
     """A short random id naming one accepted message in replies and logs."""
     return secrets.token_hex(6).upper()
@@ -69,6 +92,11 @@ def new_queue_id() -> str:
 # Characters kept in header values we copy from the client (HELO name):
 # anything else could break the Received: syntax or inject a header.
 _UNSAFE_HEADER_TEXT = re.compile(r"[^A-Za-z0-9.\-:\[\]_]")
+
+
+# An address from our own directory, kept readable (UTF-8 letters too) but never
+# able to break out of the comment it goes in.
+_UNSAFE_ADDRESS_TEXT = re.compile(r"[^\w.@+\-]")
 
 
 def _header_safe(text: str) -> str:
@@ -89,24 +117,39 @@ def _address_literal(ip: str) -> str:
 class LocalDelivery:
     """Recipient checks and final delivery into the local store.
 
-    ``store`` implements ``Directory.resolve``/``get_domain`` and
-    ``MailStore.deliver`` (see :mod:`mailserverd.store.interface`);
+    ``store`` implements ``Directory.resolve``/``get_domain``/``get_user``/
+    ``get_alias`` and ``MailStore.deliver`` (see :mod:`mailserverd.store.interface`);
     ``hostname`` names this server in ``Received:``; ``clock`` (the reactor,
-    or a ``Clock`` in tests) gives the time for its date.
+    or a ``Clock`` in tests) gives the time for its date. ``delimiter`` is the
+    sub-address separator (``"+"``; ``""`` turns it off). ``checks`` is the
+    inbound pipeline (:class:`mailserverd.delivery.checks.InboundChecks`) run
+    on mail from other MTAs, or ``None`` to run none.
     """
 
-    def __init__(self, store: Any, hostname: str, clock: Any):
+    def __init__(self, store: Any, hostname: str, clock: Any, delimiter: str = "+",
+                 checks: Any = None):
         self._store = store
         self._hostname = hostname
         self._clock = clock
+        self._delimiter = delimiter
+        self._checks = checks
 
-    def check_recipient(self, address: str) -> list[str]:
+    def stop(self) -> None:
+        """Stop the inbound checks' threads (the server is stopping)."""
+        if self._checks is not None:
+            self._checks.stop()
+
+    def check_recipient(self, address: str, remote_allowed: bool = False, size: int = 0) -> list[str]:
         """The canonical local users that mail to ``address`` reaches.
 
         ``[]`` means the domain is local but nobody has that address (the
-        caller answers 550 5.1.1). Raises MailError: 550 5.7.1 when the
-        domain is not local (the MX never relays), 501 for an address that
-        does not canonicalise, 451 when the directory cannot be read.
+        caller answers 550 5.1.1). Raises MailError: 452 4.2.2 when every
+        user it reaches is at its quota, or would pass it with a message of
+        ``size`` octets (MAIL's SIZE=, RFC 1870; temporary: they can make room);
+        550 5.7.1 when the domain is not local and ``remote_allowed`` is false
+        (the MX never relays), 451 4.3.0 when it is true (no outbound queue
+        yet); 501 for an address that does not canonicalise; 451 when the
+        directory cannot be read.
         """
         try:
             key = canonical(address)
@@ -115,11 +158,39 @@ class LocalDelivery:
             raise BAD_RECIPIENT from None
         try:
             if self._store.get_domain(domain) is None:
-                raise RELAY_DENIED
-            return list(self._store.resolve(key))
+                raise NO_OUTBOUND if remote_allowed else RELAY_DENIED
+            users = list(self._store.resolve(key, self._delimiter))
+            if users and all(self._at_quota(user, size) for user in users):
+                raise MAILBOX_FULL  # RFC 3463 X.2.2, decided per recipient
+            return users
         except StoreError as error:
             log.warn("recipient-check address={address} error={error!r}", address=key, error=error)
             raise TEMPORARY_FAILURE from error
+
+    def _at_quota(self, address: str, size: int) -> bool:
+        user = self._store.get_user(address)
+        return bool(user and user.quota and self._store.used_bytes(address) + max(size, 1) > user.quota)
+
+    def sender_allowed(self, user: str, sender: str) -> bool:
+        """Whether authenticated ``user`` may send as ``sender`` (submission, RFC 6409 §6.1).
+
+        Allowed: the null sender, the user's own address, its sub-addresses
+        (``user+tag``), and aliases that lead to the user; not catch-alls
+        (Postfix's reject_sender_login_mismatch with explicit login maps).
+        """
+        if not sender:
+            return True
+        try:
+            key = canonical(sender)
+        except AddressError:
+            return False
+        local, _, domain = key.rpartition("@")
+        if user in (key, f"{local.partition(self._delimiter)[0]}@{domain}" if self._delimiter else key):
+            return True
+        try:
+            return self._store.get_alias(key) is not None and user in self._store.resolve(key)
+        except StoreError:
+            return False
 
     def received_header(self, client: ClientInfo, queue_id: str, recipients: list[str]) -> bytes:
         """The ``Received:`` field we prepend (RFC 5321 §4.4, RFC 5322 §3.6.7), folded, CRLF-ended.
@@ -130,10 +201,12 @@ class LocalDelivery:
         tcp_info = f"({_header_safe(client.reverse_name) if client.reverse_name else 'unknown'} " \
                    f"{_address_literal(client.ip)})"
         when = format_datetime(datetime.fromtimestamp(self._clock.seconds(), timezone.utc))
-        lines = [
-            f"Received: from {_header_safe(client.helo)} {tcp_info}",
-            f"\tby {self._hostname} (mailserverd) with {client.protocol} id {queue_id}",
-        ]
+        lines = [f"Received: from {_header_safe(client.helo)} {tcp_info}"]
+        if client.tls:
+            lines.append(f"\t(using {client.tls})")  # as Postfix writes it
+        if client.authenticated_user:
+            lines.append(f"\t(Authenticated sender: {_UNSAFE_ADDRESS_TEXT.sub('_', client.authenticated_user)})")
+        lines.append(f"\tby {self._hostname} (mailserverd) with {client.protocol} id {queue_id}")
         if len(recipients) == 1:
             lines.append(f"\tfor <{recipients[0]}>; {when}")
         else:
@@ -143,24 +216,48 @@ class LocalDelivery:
 
     def deliver(self, sender: str, recipients: list[str], users: list[str], raw: bytes,
                 client: ClientInfo) -> "Deferred[DeliveryResult]":
-        """Store ``raw`` (CRLF lines, dot-unstuffed) in each user's INBOX.
+        """Run the inbound checks on ``raw`` (CRLF lines, dot-unstuffed), then
+        store it in each user's INBOX (or Junk, as the checks decide).
 
         ``sender`` is the reverse-path (``""`` for ``<>``), ``recipients``
         the canonical RCPT addresses, ``users`` the local accounts they
-        resolved to. Prepends ``Received:``; changes nothing else.
+        resolved to. Prepends ``Received:`` and the checks' headers
+        (Authentication-Results, X-Spam-*); mail from an authenticated client
+        gets an ``auth=pass`` Authentication-Results instead of the checks.
 
         Returns a Deferred that fires with a :class:`DeliveryResult` after the
-        store has durably committed, or fails with MailError: 552 5.2.2 when
-        every user is over quota, 451 4.3.0 otherwise. Logs one ``delivery``
-        line either way.
+        store has durably committed, or fails with MailError: the checks'
+        rejection (550 5.7.1), 452 4.2.2 when every user is over quota,
+        452 4.3.1 when the store is full, 451 4.3.0 otherwise. Logs one
+        ``delivery`` line either way.
         """
         queue_id = new_queue_id()
-        message = self.received_header(client, queue_id, recipients) + raw
-        started = maybeDeferred(self._store.deliver, list(users), message)
-        started.addCallback(self._check_results, queue_id, users, len(message))
-        started.addErrback(self._to_mail_error, queue_id)
-        started.addBoth(self._log_delivery, queue_id, sender, recipients, len(message))
-        return started
+        received = self.received_header(client, queue_id, recipients)
+        checked = maybeDeferred(self._check, sender, recipients, raw, client)
+        checked.addCallback(self._store_checked, received, queue_id, users)
+        checked.addErrback(self._to_mail_error, queue_id)
+        checked.addBoth(self._log_delivery, queue_id, sender, recipients, len(received) + len(raw))
+        return checked
+
+    def _check(self, sender: str, recipients: list[str], raw: bytes, client: ClientInfo) -> Any:
+        """The inbound pipeline's verdict on ``raw`` (a Deferred), or a plain one without checks."""
+        if self._checks is None:
+            return Verdict(message=raw, action="deliver", score=0.0, reply=None, results={})
+        if client.authenticated_user:
+            return authenticated_verdict(raw, self._checks.settings.authserv_id,
+                                         client.authenticated_user)
+        return self._checks.check(raw, Envelope(client_ip=client.ip, helo=client.helo,
+                                                mail_from=sender, recipients=tuple(recipients)))
+
+    def _store_checked(self, verdict: Any, received: bytes, queue_id: str,
+                       users: list[str]) -> "Deferred[DeliveryResult]":
+        """Store the checked message as the verdict says (reject raises its reply)."""
+        if verdict.action == "reject":
+            raise verdict.reply
+        message = received + verdict.message
+        mailbox = JUNK if verdict.action == "junk" else "INBOX"
+        stored = maybeDeferred(self._store.deliver, list(users), message, None, mailbox)
+        return stored.addCallback(self._check_results, queue_id, users, len(message))
 
     def _check_results(self, results: dict, queue_id: str, users: list[str], size: int) -> DeliveryResult:
         """Turn the store's per-user outcome into one result for the whole DATA.
@@ -168,7 +265,7 @@ class LocalDelivery:
         In this foundation stage there are no per-recipient replies after DATA
         (that needs LMTP-style replies, or accepting and bouncing), so a
         message is acknowledged only if every user got it: one OverQuota for
-        all users -> 552 5.2.2; any other mix of failures -> 451 4.3.0, even
+        all users -> 452 4.2.2; any other mix of failures -> 451 4.3.0, even
         though some users may already hold the message (a retry may then
         duplicate it for them, which RFC 5321 §4.2.5 prefers to losing it).
         """

@@ -20,7 +20,6 @@ policy of :func:`mailserverd.auth.sasl.mechanisms`).
 
 from __future__ import annotations
 
-import binascii
 from typing import TYPE_CHECKING, Union
 
 from twisted.internet.defer import Deferred
@@ -58,19 +57,6 @@ def offered_mechanisms(session: "POP3Session") -> list[str]:
     return [name for name in allowed if name in POP3_MECHANISMS]
 
 
-def decode_response(line: bytes) -> bytes | None:
-    """A client response line decoded from base64 (RFC 4648 §4, padded), or None if it is not.
-
-    Strict: no characters outside the alphabet, no missing or surplus padding.
-    """
-    if len(line) % 4:
-        return None  # strict_mode alone lets surplus "=" after a whole quantum through
-    try:
-        return binascii.a2b_base64(line, strict_mode=True)
-    except binascii.Error:
-        return None
-
-
 def cmd_auth(session: "POP3Session", args: list[bytes]) -> ExchangeResult:
     """RFC 5034 §4 AUTH mechanism [initial-response]; AUTH alone lists the mechanisms.
 
@@ -89,7 +75,7 @@ def cmd_auth(session: "POP3Session", args: list[bytes]) -> ExchangeResult:
     session.pending_user = None  # AUTH replaces any USER given before it
     initial: bytes | None = None
     if len(args) == 2:
-        initial = b"" if args[1] == _EMPTY_INITIAL_RESPONSE else decode_response(args[1])
+        initial = b"" if args[1] == _EMPTY_INITIAL_RESPONSE else sasl.decode_response(args[1])
         if initial is None:
             return replies.AUTH_BAD_BASE64
     mechanism = sasl.create_mechanism(
@@ -126,7 +112,7 @@ class SaslExchange:
         """The client's answer to a challenge: "*" cancels, else base64 for the mechanism."""
         if line == _CANCEL:
             return replies.AUTH_CANCELLED
-        client_data = decode_response(line)
+        client_data = sasl.decode_response(line)
         if client_data is None:
             return replies.AUTH_BAD_BASE64
         return self.step(client_data)

@@ -19,6 +19,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailserverd import tls
 from mailserverd.smtp.session import (
     Action,
     Close,
@@ -61,7 +62,9 @@ class SMTPServerProtocol(Protocol):
             self.ctx.config.server.hostname,
             peer,
             tls_active=bool(self.listener.implicit_tls),
+            authenticator=self.ctx.authenticator,
         )
+        self.session.describe_tls = lambda: tls.describe(self.transport)
         self._perform(self.session.greeting())
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
@@ -77,9 +80,10 @@ class SMTPServerProtocol(Protocol):
             return
         session.connection_lost()
         log.info(
-            "connection protocol=smtp kind={kind} peer={peer} tls={tls} commands={commands} "
-            "messages={messages}",
+            "connection protocol=smtp kind={kind} peer={peer} tls={tls} user={user} "
+            "commands={commands} messages={messages}",
             kind=self.listener.kind, peer=session.peer.ip, tls="yes" if session.tls_active else "no",
+            user=session.authenticated_user or "-",
             commands=session.commands, messages=session.messages_accepted,
         )
 
@@ -143,7 +147,8 @@ class SMTPServerFactory(Factory):
     def __init__(self, ctx: Any, listener: Any):
         self.ctx = ctx
         self.listener = listener
-        self.policy = ListenerPolicy.for_listener(listener, tls_available=ctx.tls is not None)
+        self.policy = ListenerPolicy.for_listener(listener, tls_available=ctx.tls is not None,
+                                                  allow_plaintext=ctx.config.auth.allow_plaintext)
 
     def buildProtocol(self, addr: Any) -> SMTPServerProtocol:  # noqa: N802
         protocol = SMTPServerProtocol(self.ctx, self.listener, self.policy)

@@ -24,6 +24,15 @@ from twisted.internet.defer import Deferred
 from mailserverd.errors import MailError
 from mailserverd.mail.address import AddressError, canonical, parse_path_prefix
 from mailserverd.smtp import replies
+from mailserverd.smtp.auth import offered_mechanisms, smtp_auth
+from mailserverd.smtp.framing import ChunkReader, text_rejection
+from mailserverd.smtp.params import (
+    ArgumentError,
+    Transaction,
+    apply_mail_parameters,
+    parse_parameters,
+    recipient_options,
+)
 from mailserverd.smtp.replies import Reply
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,31 +52,7 @@ ANY_PHASE = frozenset(Phase)
 AFTER_HELO = frozenset({Phase.READY, Phase.MAIL, Phase.RCPT})
 
 
-@dataclass
-class Transaction:
-    """One mail transaction (RFC 5321 §3.3): MAIL, then RCPTs, then DATA.
-
-    ``sender`` is the reverse-path as parsed (``""`` for ``<>``);
-    ``recipients`` the canonical forward-paths accepted, in order, without
-    duplicates; ``users`` the canonical local accounts they resolve to.
-    """
-
-    sender: str
-    body: str = "7BIT"  # RFC 6152 BODY= parameter
-    declared_size: int | None = None  # RFC 1870 SIZE= parameter
-    recipients: list[str] = field(default_factory=list)
-    users: list[str] = field(default_factory=list)
-
-    def add_recipient(self, recipient: str, users: list[str]) -> None:
-        """Record an accepted recipient and the local users it reaches (deduplicated)."""
-        if recipient not in self.recipients:
-            self.recipients.append(recipient)
-        for user in users:
-            if user not in self.users:
-                self.users.append(user)
-
-
-HandlerResult = Union[Reply, "Deferred[Reply]"]
+HandlerResult = Union[Reply, "Deferred[Reply]", None]  # None: the reply comes later (BDAT)
 Handler = Callable[["SMTPSession", bytes], HandlerResult]
 
 
@@ -101,14 +86,6 @@ SEQUENCE_REPLIES: dict[Phase, Reply] = {
 # --- arguments
 
 
-class ArgumentError(Exception):
-    """An argument is malformed; ``reply`` is what the client gets."""
-
-    def __init__(self, reply: Reply):
-        super().__init__(reply.lines[0])
-        self.reply = reply
-
-
 def _no_argument(arg: bytes, syntax: str) -> None:
     """Raise ArgumentError (501 with ``syntax``) unless ``arg`` is empty (RFC 5321 §4.1.1)."""
     if arg.strip(b" "):
@@ -138,30 +115,6 @@ def _split_keyword(arg: bytes, keyword: bytes, syntax: str) -> bytes:
     return arg[len(keyword):].lstrip(b" ")
 
 
-def _parameters(rest: bytes, syntax: str) -> dict[str, str | None]:
-    """Parse ``SP esmtp-param *(SP esmtp-param)`` after a path (RFC 5321 §4.1.2).
-
-    Returns upper-case keyword -> value (``None`` when there is no ``=``).
-    Raises ArgumentError: 501 for malformed or repeated parameters.
-    """
-    params: dict[str, str | None] = {}
-    if not rest:
-        return params
-    if not rest.startswith(b" "):
-        raise ArgumentError(replies.syntax_error(syntax))
-    for item in rest.split():
-        keyword, equals, value = item.partition(b"=")
-        if not keyword or not keyword.isascii() or not keyword.replace(b"-", b"").isalnum():
-            raise ArgumentError(replies.syntax_error(syntax))
-        if not value.isascii() or (equals and not value):
-            raise ArgumentError(replies.bad_parameter(f"Bad value for {keyword.decode()}"))
-        name = keyword.decode("ascii").upper()
-        if name in params:
-            raise ArgumentError(replies.bad_parameter(f"Duplicate parameter {name}"))
-        params[name] = value.decode("ascii") if equals else None
-    return params
-
-
 # --- handlers (each: the session, the argument bytes -> Reply or Deferred[Reply])
 
 
@@ -172,82 +125,122 @@ def smtp_helo(session: "SMTPSession", arg: bytes) -> Reply:
     return replies.helo_ok(session.hostname, name)
 
 
+def extension_keywords(session: "SMTPSession") -> list[str]:
+    """The EHLO keywords for this session now (RFC 5321 §4.1.1.1): only what works."""
+    limits = session.limits
+    keywords = [
+        "PIPELINING",  # RFC 2920
+        f"SIZE {limits.message_size_max}",  # RFC 1870 §4
+        "8BITMIME",  # RFC 6152
+        "SMTPUTF8",  # RFC 6531 §3.2
+        "ENHANCEDSTATUSCODES",  # RFC 2034
+        "CHUNKING",  # RFC 3030
+        "DSN",  # RFC 3461
+        f"LIMITS RCPTMAX={limits.smtp_recipients_max}",  # RFC 9422 §4.2
+    ]
+    if session.starttls_offered():
+        keywords.append("STARTTLS")  # RFC 3207 §4; not after TLS (§4.2)
+    mechanisms = offered_mechanisms(session)
+    if mechanisms:
+        keywords.append("AUTH " + " ".join(mechanisms))  # RFC 4954 §3
+    return keywords
+
+
+#: MAIL parameters and the EHLO keyword that makes each valid (RFC 5321 §4.1.1.11).
+_MAIL_PARAMETER_EXTENSIONS = {"SIZE": "SIZE", "BODY": "8BITMIME", "SMTPUTF8": "SMTPUTF8",
+                              "RET": "DSN", "ENVID": "DSN", "AUTH": "AUTH"}
+
+
+def _offered_parameters(session: "SMTPSession") -> frozenset[str]:
+    """Parameter names valid now: none after HELO (RFC 5321 §4.1.1.2, §2.2.1)."""
+    if not session.esmtp:
+        return frozenset()
+    offered = {name for name, extension in _MAIL_PARAMETER_EXTENSIONS.items() if extension != "AUTH"}
+    if session.policy.auth_offered:
+        offered.add("AUTH")
+    return frozenset(offered | {"DSN"})
+
+
 def smtp_ehlo(session: "SMTPSession", arg: bytes) -> Reply:
     """EHLO: RFC 5321 §4.1.1.1; answer with the extensions that work now."""
     name = _client_name(arg, COMMANDS[b"EHLO"].syntax)
     session.greet(name, esmtp=True)
-    keywords = [
-        "PIPELINING",  # RFC 2920
-        f"SIZE {session.limits.message_size_max}",  # RFC 1870 §4
-        "8BITMIME",  # RFC 6152
-        "ENHANCEDSTATUSCODES",  # RFC 2034
-    ]
-    if session.starttls_offered():
-        keywords.append("STARTTLS")  # RFC 3207 §4; not after TLS (§4.2)
-    return replies.ehlo_ok(session.hostname, name, keywords)
+    return replies.ehlo_ok(session.hostname, name, extension_keywords(session))
 
 
-def smtp_mail(session: "SMTPSession", arg: bytes) -> Reply:
-    """MAIL FROM:<reverse-path> [SIZE=n] [BODY=7BIT|8BITMIME] (RFC 5321 §4.1.1.2)."""
+def _path(path: bytes, utf8: bool, allow_null: bool, bad: Callable[[str], Reply]) -> tuple[str, bytes]:
+    """Parse ``<path>`` + rest; a non-ASCII address unless ``utf8`` is 553 5.6.7
+    (RFC 6531 §3.5: UTF-8 addresses only in an SMTPUTF8 transaction)."""
+    try:
+        address, rest = parse_path_prefix(path, utf8=True, allow_null=allow_null)
+    except AddressError as error:
+        raise ArgumentError(bad(error.reason)) from None
+    if not utf8 and not address.isascii():
+        raise ArgumentError(replies.S553_UTF8_ADDRESS)
+    return address, rest
+
+
+def smtp_mail(session: "SMTPSession", arg: bytes) -> HandlerResult:
+    """MAIL FROM:<reverse-path> [parameters] (RFC 5321 §4.1.1.2).
+
+    Where the listener requires AUTH, only after it (RFC 4954 §6: 530); the
+    sender must then be an address of the authenticated user (553 5.7.1).
+    """
+    if session.policy.auth_required and not session.authenticated_user:
+        return replies.S530_AUTH_REQUIRED
     syntax = COMMANDS[b"MAIL"].syntax
     path = _split_keyword(arg, b"FROM:", syntax)
-    try:
-        sender, rest = parse_path_prefix(path, utf8=False)
-    except AddressError as error:
-        raise ArgumentError(replies.bad_sender_address(error.reason)) from None
-    params = _parameters(rest, syntax)
+    sender, rest = _path(path, True, True, replies.bad_sender_address)
+    params = parse_parameters(rest, syntax)
     if params and not session.esmtp:
-        # Parameters are ESMTP: not after HELO (RFC 5321 §4.1.1.2, §2.2.1).
         raise ArgumentError(replies.S555_UNKNOWN_PARAMETER)
     transaction = Transaction(sender=sender)
-    for name, value in params.items():
-        if name == "SIZE":
-            # RFC 1870 §3: SIZE=1*20DIGIT; §6.1: too big -> 552.
-            if value is None or not value.isdigit() or len(value) > 20:
-                raise ArgumentError(replies.bad_parameter("Bad SIZE value"))
-            if int(value) > session.limits.message_size_max:
-                return replies.S552_MESSAGE_TOO_BIG
-            transaction.declared_size = int(value)
-        elif name == "BODY":
-            # RFC 6152 §2 (8BITMIME); BINARYMIME needs CHUNKING, not offered.
-            if value is None or value.upper() not in ("7BIT", "8BITMIME"):
-                raise ArgumentError(replies.bad_parameter("Bad BODY value"))
-            transaction.body = value.upper()
-        else:
-            raise ArgumentError(replies.S555_UNKNOWN_PARAMETER)
+    refused = apply_mail_parameters(transaction, params, session.limits.message_size_max,
+                                    _offered_parameters(session))
+    if refused is not None:
+        return refused
+    if not sender.isascii() and not transaction.smtputf8:
+        raise ArgumentError(replies.S553_UTF8_ADDRESS)  # RFC 6531 §3.4
+    user = session.authenticated_user
+    if user and not session.delivery.sender_allowed(user, sender):
+        return replies.S553_SENDER_NOT_OWNED
     session.begin_transaction(transaction)
     return replies.S250_SENDER_OK
 
 
-def _forward_path(session: "SMTPSession", path: bytes) -> tuple[str, bytes]:
+def _forward_path(session: "SMTPSession", path: bytes, utf8: bool) -> tuple[str, bytes]:
     """Parse ``<forward-path>`` + rest; ``<Postmaster>`` without a domain is ours (RFC 5321 §4.5.1)."""
     if path[:12].lower() == b"<postmaster>":
         return f"postmaster@{session.hostname}", path[12:]
-    try:
-        return parse_path_prefix(path, utf8=False, allow_null=False)
-    except AddressError as error:
-        raise ArgumentError(replies.bad_address(error.reason)) from None
+    return _path(path, utf8, False, replies.bad_address)
 
 
 def smtp_rcpt(session: "SMTPSession", arg: bytes) -> HandlerResult:
-    """RCPT TO:<forward-path> (RFC 5321 §4.1.1.3): local users and aliases only."""
+    """RCPT TO:<forward-path> [NOTIFY=...] [ORCPT=...] (RFC 5321 §4.1.1.3, RFC 3461 §4).
+
+    Local recipients (users, aliases, catch-alls, plus-addresses) on every
+    listener; other domains only for an authenticated user, and then 451
+    4.3.0 until the outbound queue exists. Decided per recipient.
+    """
     syntax = COMMANDS[b"RCPT"].syntax
-    address, rest = _forward_path(session, _split_keyword(arg, b"TO:", syntax))
-    if _parameters(rest, syntax):
-        raise ArgumentError(replies.S555_UNKNOWN_PARAMETER)
+    transaction = session.transaction
+    address, rest = _forward_path(session, _split_keyword(arg, b"TO:", syntax), transaction.smtputf8)
+    options = recipient_options(parse_parameters(rest, syntax, utf8=transaction.smtputf8)
+                                if session.esmtp or not rest else _refuse_parameters(),
+                                _offered_parameters(session))
     try:
         recipient = canonical(address)
     except AddressError as error:
         raise ArgumentError(replies.bad_address(error.reason)) from None
-    transaction = session.transaction
     if len(transaction.recipients) >= session.limits.smtp_recipients_max:
-        return replies.S452_TOO_MANY_RECIPIENTS  # RFC 5321 §4.5.3.1.10
-    found = session.delivery.check_recipient(recipient)
+        return replies.S452_TOO_MANY_RECIPIENTS  # RFC 5321 §4.5.3.1.10, RFC 9422 RCPTMAX
+    found = session.delivery.check_recipient(recipient, remote_allowed=bool(session.authenticated_user),
+                                             size=transaction.declared_size or 0)
 
     def accept(users: list[str]) -> Reply:
         if not users:
             return replies.S550_NO_SUCH_USER
-        transaction.add_recipient(recipient, users)
+        transaction.add_recipient(recipient, users, options)
         session.phase = Phase.RCPT
         return replies.S250_RECIPIENT_OK
 
@@ -256,11 +249,74 @@ def smtp_rcpt(session: "SMTPSession", arg: bytes) -> HandlerResult:
     return accept(found)
 
 
+def _refuse_parameters() -> dict:
+    raise ArgumentError(replies.S555_UNKNOWN_PARAMETER)  # parameters are ESMTP (RFC 5321 §2.2.1)
+
+
 def smtp_data(session: "SMTPSession", arg: bytes) -> Reply:
     """DATA (RFC 5321 §4.1.1.4): 354, then the session reads the mail text."""
     _no_argument(arg, COMMANDS[b"DATA"].syntax)
+    if session.transaction.chunks is not None:
+        return replies.S503_DATA_AFTER_BDAT  # RFC 3030 §2: not both in one transaction
     session.begin_data()
     return replies.S354_START_DATA
+
+
+def _bdat_arguments(arg: bytes) -> tuple[int, bool] | None:
+    """``chunk-size [SP end-marker]`` (RFC 3030 §2), or None when malformed."""
+    parts = arg.split(b" ")
+    if not 1 <= len(parts) <= 2 or not parts[0].isdigit() or len(parts[0]) > 20:
+        return None
+    if len(parts) == 2 and parts[1].upper() != b"LAST":
+        return None
+    return int(parts[0]), len(parts) == 2
+
+
+def smtp_bdat(session: "SMTPSession", arg: bytes) -> Reply | None:
+    """BDAT chunk-size [LAST] (RFC 3030 §2): read exactly that many octets, then reply.
+
+    Valid in every phase so that a refused chunk is still read off the wire
+    (its bytes must never run as commands); the sequence error is the reply
+    after it. A size that cannot be parsed leaves no way to find the next
+    command: 501, then close. Chunks beyond ``message_size_max`` are read
+    and dropped, and the transaction is answered 552 (RFC 1870 §6.3).
+    """
+    parsed = _bdat_arguments(arg)
+    if parsed is None:
+        session.close_after_reply()
+        return replies.syntax_error(COMMANDS[b"BDAT"].syntax)
+    size, last = parsed
+    transaction = session.transaction
+    if session.phase is not Phase.RCPT:
+        refusal = COMMANDS[b"BDAT"].sequence_reply(session.phase)
+        session.read_chunk(ChunkReader(size, None), lambda: refusal)
+        return None
+    if transaction.chunks is None:
+        transaction.chunks = bytearray()
+    if transaction.chunks_refused is None and \
+            len(transaction.chunks) + size > session.limits.message_size_max:
+        transaction.chunks_refused = replies.S552_MESSAGE_TOO_BIG
+        transaction.chunks.clear()
+    keep = transaction.chunks if transaction.chunks_refused is None else None
+    session.read_chunk(ChunkReader(size, keep),
+                       lambda: _chunk_done(session, transaction, size, last))
+    return None
+
+
+def _chunk_done(session: "SMTPSession", transaction: Transaction, size: int, last: bool) -> HandlerResult:
+    """A chunk was read: acknowledge it, or after LAST deliver the message."""
+    if not last:
+        return transaction.chunks_refused or replies.chunk_received(size)
+    session.end_transaction()
+    if transaction.chunks_refused is not None:
+        return transaction.chunks_refused
+    message = bytes(transaction.chunks)
+    if message and not message.endswith(b"\r\n"):
+        message += b"\r\n"  # RFC 5322 §2.1: a message is lines, each ending in CRLF
+    rejection = text_rejection(message, session.limits.smtp_text_line_max)
+    if rejection is not None:
+        return rejection
+    return session.deliver(transaction, message)
 
 
 def smtp_rset(session: "SMTPSession", arg: bytes) -> Reply:
@@ -301,14 +357,21 @@ def smtp_vrfy(session: "SMTPSession", arg: bytes) -> Reply:
 
 
 def smtp_help(session: "SMTPSession", arg: bytes) -> Reply:
-    """HELP [command] (RFC 5321 §4.1.1.8): the syntax line(s) from the table."""
+    """HELP [command] (RFC 5321 §4.1.1.8): the syntax line(s) from the table,
+    for the commands this session can use (no STARTTLS or AUTH where not offered)."""
+    hidden = set()
+    if not session.starttls_offered():
+        hidden.add(b"STARTTLS")
+    if not session.policy.auth_offered:
+        hidden.add(b"AUTH")
     topic = arg.strip(b" ").upper()
     if topic:
-        command = COMMANDS.get(topic)
+        command = COMMANDS.get(topic) if topic not in hidden else None
         if command is None:
             return replies.S502_NOT_IMPLEMENTED.with_text("No help for that command")
         return replies.help_text([command.syntax])
-    return replies.help_text(["Commands: " + " ".join(verb.decode() for verb in COMMANDS)])
+    return replies.help_text(["Commands: " + " ".join(
+        verb.decode() for verb in COMMANDS if verb not in hidden)])
 
 
 def smtp_not_implemented(session: "SMTPSession", arg: bytes) -> Reply:
@@ -324,11 +387,19 @@ COMMANDS: dict[bytes, Command] = {
                          {Phase.MAIL: replies.S503_BAD_SEQUENCE,
                           Phase.RCPT: replies.S503_BAD_SEQUENCE}),
     b"MAIL": Command(smtp_mail, frozenset({Phase.READY}),
-                     "MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME]",
+                     "MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8] "
+                     "[RET=FULL|HDRS] [ENVID=id] [AUTH=address]",
                      {Phase.MAIL: replies.S503_NESTED_MAIL}),
-    b"RCPT": Command(smtp_rcpt, frozenset({Phase.MAIL, Phase.RCPT}), "RCPT TO:<address>"),
+    b"AUTH": Command(smtp_auth, frozenset({Phase.READY}), "AUTH mechanism [initial-response]",
+                     {Phase.MAIL: replies.S503_AUTH_IN_TRANSACTION,
+                      Phase.RCPT: replies.S503_AUTH_IN_TRANSACTION}),
+    b"RCPT": Command(smtp_rcpt, frozenset({Phase.MAIL, Phase.RCPT}),
+                     "RCPT TO:<address> [NOTIFY=...] [ORCPT=addr-type;address]"),
     # RFC 2920 §3.1 / RFC 5321 §3.3: DATA after only rejected RCPTs -> 554.
     b"DATA": Command(smtp_data, frozenset({Phase.RCPT}), "DATA",
+                     {Phase.MAIL: replies.S554_NO_VALID_RECIPIENTS}),
+    # RFC 3030 §2: every phase, so the chunk is read even when refused; see smtp_bdat.
+    b"BDAT": Command(smtp_bdat, ANY_PHASE, "BDAT size [LAST]",
                      {Phase.MAIL: replies.S554_NO_VALID_RECIPIENTS}),
     b"RSET": Command(smtp_rset, ANY_PHASE, "RSET"),
     b"NOOP": Command(smtp_noop, ANY_PHASE, "NOOP [text]"),

@@ -12,6 +12,7 @@ reply code (a 4xx reply carries a 4.x.x code) - :class:`Reply` checks this.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, replace
 
 from mailserverd.errors import MailError
@@ -101,9 +102,22 @@ S221_BYE = reply(221, "2.0.0", "Bye")
 S354_START_DATA = reply(354, "", "End data with <CR><LF>.<CR><LF>")
 
 
+S235_AUTH_OK = reply(235, "2.7.0", "Authentication successful")  # RFC 4954 §6
+
+
 def queued(queue_id: str) -> Reply:
     """250 after the message is durably stored (RFC 5321 §4.2.5)."""
     return reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+
+def chunk_received(size: int) -> Reply:
+    """250 for a BDAT chunk that is not the last (RFC 3030 §2)."""
+    return reply(250, "2.0.0", f"{size} octets received")
+
+
+def challenge(data: bytes) -> Reply:
+    """334 SASL challenge, base64 (RFC 4954 §4); empty data is an empty text."""
+    return reply(334, "", base64.b64encode(data).decode("ascii") or " ")
 
 
 def help_text(lines: list[str]) -> Reply:
@@ -118,6 +132,9 @@ S421_TOO_MANY_COMMANDS = reply(421, "4.7.0", "Too many commands, closing connect
 S421_LINE_FLOOD = reply(421, "4.7.0", "Line too long, closing connection")
 S451_LOCAL_ERROR = reply(451, "4.3.0", "Local error in processing, try again later")
 S452_TOO_MANY_RECIPIENTS = reply(452, "4.5.3", "Too many recipients")
+# RFC 4954 §6: a temporary failure such as a throttled or unavailable password check.
+S454_AUTH_TEMPORARY = reply(454, "4.7.0", "Temporary authentication failure")
+S421_TOO_MANY_AUTH_FAILURES = reply(421, "4.7.0", "Too many authentication failures, closing connection")
 S454_TLS_UNAVAILABLE = reply(454, "4.7.0", "TLS not available")
 
 # --- permanent failures: syntax and sequence (RFC 5321 §4.2.4, RFC 3463 §3.6)
@@ -131,6 +148,17 @@ S503_MAIL_FIRST = reply(503, "5.5.1", "Send MAIL first")
 S503_RCPT_FIRST = reply(503, "5.5.1", "Send RCPT first")
 S503_ALREADY_TLS = reply(503, "5.5.1", "TLS already active")
 S503_BAD_SEQUENCE = reply(503, "5.5.1", "Bad sequence of commands")
+S503_AUTH_NOT_ENABLED = reply(503, "5.5.1", "Authentication not enabled")
+S503_ALREADY_AUTHENTICATED = reply(503, "5.5.1", "Already authenticated")
+S503_AUTH_IN_TRANSACTION = reply(503, "5.5.1", "AUTH not permitted during a mail transaction")
+S503_DATA_AFTER_BDAT = reply(503, "5.5.1", "DATA not permitted after BDAT")
+S501_AUTH_CANCELLED = reply(501, "5.0.0", "Authentication cancelled")  # RFC 4954 §4
+S501_AUTH_BAD_BASE64 = reply(501, "5.5.2", "Cannot decode the response")  # RFC 4954 §4
+S501_AUTH_MALFORMED = reply(501, "5.5.2", "Malformed authentication response")
+S504_UNKNOWN_MECHANISM = reply(504, "5.5.4", "Unrecognized authentication mechanism")
+S530_AUTH_REQUIRED = reply(530, "5.7.0", "Authentication required")  # RFC 4954 §6
+S535_AUTH_FAILED = reply(535, "5.7.8", "Authentication credentials invalid")  # RFC 4954 §6
+S538_ENCRYPTION_REQUIRED = reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
 S554_NO_VALID_RECIPIENTS = reply(554, "5.5.1", "No valid recipients")
 S555_UNKNOWN_PARAMETER = reply(555, "5.5.4", "Unsupported parameter")
 
@@ -162,4 +190,7 @@ S550_RELAY_DENIED = reply(550, "5.7.1", "Relay access denied")
 S550_BARE_LINE_END = reply(550, "5.6.0", "Message rejected: bare CR or LF in data")
 S552_MESSAGE_TOO_BIG = reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 S552_LINE_TOO_LONG = reply(552, "5.3.4", "Message rejected: line too long")
+S553_SENDER_NOT_OWNED = reply(553, "5.7.1", "Sender address not owned by the authenticated user")
+# RFC 6531 §3.5 / RFC 6533 §5.4: a UTF-8 address without SMTPUTF8.
+S553_UTF8_ADDRESS = reply(553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter")
 S552_MAILBOX_FULL = reply(552, "5.2.2", "Mailbox full")

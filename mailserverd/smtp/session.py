@@ -25,7 +25,7 @@ Framing rules enforced here, not in the handlers:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Union
+from typing import Any, Callable, Protocol, Union
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
@@ -35,11 +35,13 @@ from mailserverd.delivery.local import ClientInfo, DeliveryResult
 from mailserverd.smtp import replies
 from mailserverd.smtp.commands import (
     COMMANDS,
+    HandlerResult,
     Phase,
-    Transaction,
     is_bad_command_reply,
     reply_for_error,
 )
+from mailserverd.smtp.framing import ChunkReader, MessageReader
+from mailserverd.smtp.params import Transaction
 from mailserverd.smtp.replies import Reply
 
 log = Logger(namespace="mailserverd.smtp")
@@ -82,31 +84,49 @@ Action = Union[Send, StartTLS, Close, Wait]
 class RecipientDelivery(Protocol):
     """The narrow delivery interface the session needs (LocalDelivery implements it)."""
 
-    def check_recipient(self, address: str) -> "list[str] | Deferred[list[str]]":
+    def check_recipient(self, address: str, remote_allowed: bool = False, size: int = 0
+                        ) -> "list[str] | Deferred[list[str]]":
         """Local users ``address`` reaches ([] = none); raises MailError to refuse it."""
+
+    def sender_allowed(self, user: str, sender: str) -> bool:
+        """Whether authenticated ``user`` may use ``sender`` as its reverse-path."""
 
     def deliver(self, sender: str, recipients: list[str], users: list[str], raw: bytes,
                 client: ClientInfo) -> "Deferred[DeliveryResult]":
         """Fires after the message is durable; fails with MailError."""
 
 
+#: Listener kinds that serve mail clients: AUTH offered and required before MAIL
+#: (RFC 6409 §4.3 submission, RFC 8314 §3.3 implicit-TLS submission).
+SUBMISSION_KINDS = frozenset({"submission", "smtps"})
+
+
 @dataclass(frozen=True)
 class ListenerPolicy:
-    """What one listener allows: the seam where AUTH and relay rules will go.
+    """What one listener allows.
 
     ``kind`` is the listener kind (smtp, submission, smtps);
-    ``starttls_available`` says whether a TLS context exists for STARTTLS.
-    Until AUTH exists, submission and smtps accept mail like the MX does.
+    ``starttls_available`` says whether a TLS context exists for STARTTLS;
+    ``auth_offered``/``auth_required``: the MX (port 25) neither offers nor
+    needs AUTH and accepts local recipients only; submission and smtps
+    require AUTH before MAIL. ``allow_plaintext`` is ``auth.allow_plaintext``.
     """
 
     kind: str
     starttls_available: bool = True
+    auth_offered: bool = False
+    auth_required: bool = False
+    allow_plaintext: bool = False
 
     @classmethod
-    def for_listener(cls, listener: Any, tls_available: bool) -> "ListenerPolicy":
+    def for_listener(cls, listener: Any, tls_available: bool,
+                     allow_plaintext: bool = False) -> "ListenerPolicy":
         """The policy for a ``ListenerConfig``; STARTTLS only where TLS is not implicit."""
+        submission = listener.kind in SUBMISSION_KINDS
         return cls(kind=listener.kind,
-                   starttls_available=tls_available and not listener.implicit_tls)
+                   starttls_available=tls_available and not listener.implicit_tls,
+                   auth_offered=submission, auth_required=submission,
+                   allow_plaintext=allow_plaintext)
 
 
 @dataclass(frozen=True)
@@ -115,118 +135,6 @@ class Peer:
 
     ip: str
     port: int = 0
-
-
-# --- the mail text reader
-
-
-class MessageReader:
-    """Reads DATA mail text as a stream (RFC 5321 §4.5.2, §2.3.8).
-
-    :meth:`feed` takes bytes in chunks cut anywhere and returns how many it
-    consumed: all of them, or those up to and including the end-of-data line,
-    after which :attr:`done` is true and the rest belongs to the next command.
-    Only ``<CRLF>.<CRLF>`` ends the text (a ``.`` line right after the DATA
-    line counts too); ``\\n.\\n`` or ``\\r.\\n`` never does.
-
-    The text is unstuffed (a leading dot removed from each line) and kept
-    only while it is acceptable: a bare CR or LF, a line over ``line_max``
-    octets or a total over ``size_max`` sets :attr:`rejection` and drops what
-    was kept, but the reader still finds the real end. Memory is bounded by
-    ``size_max`` plus one line.
-    """
-
-    def __init__(self, size_max: int, line_max: int):
-        self.size_max = size_max
-        self.line_max = line_max
-        self.size = 0
-        self.done = False
-        self.rejection: Reply | None = None
-        self._parts: list[bytes] = []
-        self._partial = bytearray()  # the current incomplete line (bounded by line_max)
-        self._partial_overflowed = False  # the current line is already too long
-        self._previous_line_crlf = True  # the DATA line ended with CRLF
-
-    def feed(self, data: bytes) -> int:
-        """Consume ``data``; return the number of its bytes consumed."""
-        if self.done:
-            return 0
-        last_lf = data.rfind(b"\n")
-        if last_lf < 0:
-            self._hold(data)
-            return len(data)
-        held = len(self._partial)
-        block = bytes(self._partial) + data[:last_lf + 1] if held else data[:last_lf + 1]
-        overflowed = self._partial_overflowed
-        self._partial.clear()
-        self._partial_overflowed = False
-        end = self._complete_lines(block, overflowed)
-        if end >= 0:
-            self.done = True
-            return end - held
-        self._hold(data[last_lf + 1:])
-        return len(data)
-
-    def message(self) -> bytes:
-        """The unstuffed text received (only meaningful when done and not rejected)."""
-        return b"".join(self._parts)
-
-    def _reject(self, reply: Reply) -> None:
-        if self.rejection is None:
-            self.rejection = reply
-        self._parts = []
-
-    def _hold(self, data: bytes) -> None:
-        """Keep an incomplete line; once it is too long keep only its last byte (a CR?)."""
-        if not data:
-            return
-        if self._partial_overflowed:
-            self._partial[:] = data[-1:]
-            return
-        self._partial += data
-        if len(self._partial) > self.line_max:
-            # RFC 5321 §4.5.3.1.6 text line limit
-            self._reject(replies.S552_LINE_TOO_LONG)
-            self._partial_overflowed = True
-            del self._partial[:-1]
-
-    def _complete_lines(self, block: bytes, overflowed: bool) -> int:
-        """Process ``block`` (whole lines, starting at a line start); return the
-        index just past the end-of-data line, or -1 when it is not in ``block``."""
-        end = -1
-        if self._previous_line_crlf and not overflowed and block.startswith(b".\r\n"):
-            body, end = b"", 3
-        else:
-            found = block.find(b"\r\n.\r\n")
-            body = block if found < 0 else block[:found + 2]
-            if found >= 0:
-                end = found + 5
-        if body:
-            self._previous_line_crlf = body.endswith(b"\r\n")
-            self._add_text(body, overflowed)
-        return end
-
-    def _add_text(self, body: bytes, overflowed: bool) -> None:
-        """Check and keep whole lines of text (not containing the end line)."""
-        if self.rejection is not None:
-            return
-        line_ends = body.count(b"\r\n")
-        if body.count(b"\n") != line_ends or body.count(b"\r") != line_ends:
-            # RFC 5321 §2.3.8: CR and LF only as CRLF (SMTP smuggling class).
-            self._reject(replies.S550_BARE_LINE_END)
-            return
-        # RFC 5321 §4.5.2: drop the first dot of every line that starts with one.
-        if body.startswith(b".") and not overflowed:
-            body = body[1:]
-        body = body.replace(b"\r\n.", b"\r\n")
-        if len(body) > self.line_max and max(map(len, body.split(b"\n"))) + 1 > self.line_max:
-            self._reject(replies.S552_LINE_TOO_LONG)
-            return
-        self.size += len(body)
-        if self.size > self.size_max:
-            self._reject(replies.S552_MESSAGE_TOO_BIG)  # RFC 1870 §6.3
-            return
-        self._parts.append(body)
 
 
 # --- the session
@@ -247,10 +155,16 @@ class SMTPSession:
     """
 
     def __init__(self, policy: ListenerPolicy, delivery: RecipientDelivery, limits: Any,
-                 hostname: str, peer: Peer, tls_active: bool = False):
+                 hostname: str, peer: Peer, tls_active: bool = False,
+                 authenticator: Any = None):
         # read and changed by command handlers
         self.policy = policy
         self.delivery = delivery
+        self.authenticator = authenticator
+        self.authenticated_user = ""
+        self.auth_failures = 0
+        #: What the adapter knows of the TLS connection, for Received: ("" when none).
+        self.describe_tls: Callable[[], str] = lambda: ""
         self.limits = limits
         self.hostname = hostname
         self.peer = peer
@@ -266,7 +180,9 @@ class SMTPSession:
         self.messages_accepted = 0
         self._input = bytearray()
         self._discarding = 0  # bytes dropped of an over-long command line (0: not discarding)
-        self._reader: MessageReader | None = None
+        self._reader: MessageReader | ChunkReader | None = None
+        self._reader_done: Callable[[], HandlerResult] | None = None
+        self._line_reader: Callable[[bytes], HandlerResult] | None = None
         self._waiting = False
         self._after_reply: list[str] = []  # "data", "tls", "close": flow changes after the reply
 
@@ -288,6 +204,31 @@ class SMTPSession:
         """RSET: drop the transaction; keep HELO/EHLO (RFC 5321 §4.1.1.5)."""
         self.transaction = None
         self.phase = Phase.READY if self.helo_name is not None else Phase.GREETED
+
+    def end_transaction(self) -> None:
+        """The transaction ended (its message was read): back to READY (RFC 5321 §4.1.1.4)."""
+        self.transaction = None
+        self.phase = Phase.READY
+
+    def read_next_line(self, handler: Callable[[bytes], HandlerResult]) -> None:
+        """Give the next line (without CRLF) to ``handler`` instead of running it
+        as a command (a SASL response, RFC 4954 §4)."""
+        self._line_reader = handler
+
+    def read_chunk(self, reader: ChunkReader, then: Callable[[], HandlerResult]) -> None:
+        """Read a BDAT chunk with ``reader`` now; when it is complete, reply with ``then()``."""
+        self._reader = reader
+        self._reader_done = then
+
+    def deliver(self, transaction: Transaction, message: bytes) -> "Deferred[Reply]":
+        """Hand a complete message to delivery; fires with the 250 after it is durable."""
+        client = ClientInfo(helo=self.helo_name or "", ip=self.peer.ip,
+                            protocol=self._with_protocol(), tls=self.describe_tls(),
+                            authenticated_user=self.authenticated_user)
+        outcome = maybeDeferred(self.delivery.deliver, transaction.sender,
+                                list(transaction.recipients), list(transaction.users),
+                                message, client)
+        return outcome.addCallback(self._accepted)
 
     def starttls_offered(self) -> bool:
         """Whether STARTTLS is available now (RFC 3207 §4.2: never once TLS is on)."""
@@ -335,6 +276,7 @@ class SMTPSession:
         self.closed = True
         self._input.clear()
         self._reader = None
+        self._line_reader = None
 
     @property
     def waiting(self) -> bool:
@@ -357,6 +299,7 @@ class SMTPSession:
         self.closed = True
         self._input.clear()
         self._reader = None
+        self._line_reader = None
         return ([Send(reply.render())] if reply_now else []) + [Close()]
 
     def _run(self) -> list[Action]:
@@ -369,7 +312,9 @@ class SMTPSession:
                 line = self._next_line(actions)
                 if line is None:
                     break
-                if line:
+                if line and self._line_reader is not None:
+                    actions += self._run_line_reader(line)
+                elif line:
                     actions += self._run_command(line)
         return actions
 
@@ -419,11 +364,26 @@ class SMTPSession:
             return self._answer(replies.S500_UNKNOWN_COMMAND)
         if self.phase not in command.phases:
             return self._answer(command.sequence_reply(self.phase))
+        return self._handle(lambda: command.handler(self, arg), verb)
+
+    def _run_line_reader(self, line: bytes) -> list[Action]:
+        """A line a handler asked for (read_next_line): no verb, same framing rules."""
+        self.commands += 1
+        handler, self._line_reader = self._line_reader, None
+        if not line.endswith(b"\r\n") or b"\r" in line[:-2] or b"\0" in line:
+            return self._answer(replies.S500_BAD_LINE)  # RFC 5321 §2.3.8
+        return self._handle(lambda: handler(line[:-2]), b"AUTH")
+
+    def _handle(self, run: Callable[[], HandlerResult], verb: bytes) -> list[Action]:
+        """Run a handler; answer its reply now, wait for its Deferred, or (None) later."""
         try:
-            outcome = command.handler(self, arg)
+            outcome = run()
         except Exception as error:  # mapped or logged in _error_reply
             self._after_reply.clear()  # a failed command changes no flow
+            self._reader = self._reader_done = None
             return self._answer(self._error_reply(Failure(error), verb))
+        if outcome is None:
+            return []
         if isinstance(outcome, Deferred):
             return self._wait_for(outcome, verb)
         return self._answer(outcome)
@@ -478,8 +438,8 @@ class SMTPSession:
         changes, self._after_reply = self._after_reply, []
         for change in changes:
             if change == "data":
-                self._reader = MessageReader(self.limits.message_size_max,
-                                             self.limits.smtp_text_line_max)
+                reader = MessageReader(self.limits.message_size_max, self.limits.smtp_text_line_max)
+                self.read_chunk(reader, lambda: self._data_complete(reader))
             elif change == "tls":
                 actions += self._start_tls()
             elif change == "close":
@@ -493,6 +453,8 @@ class SMTPSession:
         everything learnt before TLS (HELO, ESMTP, transaction)."""
         self._input.clear()
         self.tls_active = True
+        self.authenticated_user = ""
+        self._line_reader = None
         self.helo_name = None
         self.esmtp = False
         self.transaction = None
@@ -500,31 +462,30 @@ class SMTPSession:
         return [StartTLS()]
 
     def _read_text(self) -> list[Action]:
-        """Feed buffered input to the mail text reader; at its end, deliver."""
+        """Feed buffered input to the current reader (DATA text or a BDAT chunk);
+        when it is complete, reply with what its completion gives."""
         reader = self._reader
         consumed = reader.feed(bytes(self._input))
         del self._input[:consumed]
         if not reader.done:
             return []
-        self._reader = None
-        transaction, self.transaction = self.transaction, None
-        self.phase = Phase.READY  # RFC 5321 §4.1.1.4: the transaction ends either way
+        done, self._reader, self._reader_done = self._reader_done, None, None
+        return self._handle(done, b"DATA" if isinstance(reader, MessageReader) else b"BDAT")
+
+    def _data_complete(self, reader: MessageReader) -> HandlerResult:
+        """The DATA text ended: the transaction ends; deliver unless it was refused."""
+        transaction = self.transaction
+        self.end_transaction()
         if reader.rejection is not None:
-            return self._answer(reader.rejection)
-        client = ClientInfo(helo=self.helo_name or "", ip=self.peer.ip,
-                            protocol=self._with_protocol())
-        outcome = maybeDeferred(self.delivery.deliver, transaction.sender,
-                                list(transaction.recipients), list(transaction.users),
-                                reader.message(), client)
-        outcome.addCallback(self._accepted)
-        return self._wait_for(outcome, b"DATA")
+            return reader.rejection
+        return self.deliver(transaction, reader.message())
 
     def _accepted(self, result: DeliveryResult) -> Reply:
         self.messages_accepted += 1
         return replies.queued(result.queue_id)
 
     def _with_protocol(self) -> str:
-        """RFC 3848 ``with`` keyword for Received:."""
-        if self.tls_active:
-            return "ESMTPS"
-        return "ESMTP" if self.esmtp else "SMTP"
+        """RFC 3848 ``with`` keyword for Received: (ESMTP, ESMTPS, ESMTPA, ESMTPSA)."""
+        if not self.esmtp:
+            return "SMTP"
+        return "ESMTP" + ("S" if self.tls_active else "") + ("A" if self.authenticated_user else "")

@@ -62,12 +62,13 @@ class Directory(Protocol):
         """Add ``address`` (or ``@domain``, a catch-all) -> targets; targets need not be local."""
     def remove_alias(self, address: str) -> Deferred[None]: ...
 
-    def resolve(self, address: str) -> list[str]:
+    def resolve(self, address: str, delimiter: str = "") -> list[str]:
         """Local users that mail to ``address`` reaches, in order, without duplicates.
 
         A user address resolves to itself; an alias to its targets, recursively
-        (bounded depth, loops cut); an unknown address in a local domain to the
-        domain's catch-all if there is one. Non-local targets are left out
+        (bounded depth, loops cut); with a ``delimiter`` (``"+"``) an unknown
+        ``user+detail`` to ``user`` (RFC 5233 sub-addressing); an unknown address
+        in a local domain to the domain's catch-all if there is one. Non-local targets are left out
         (forwarding is the outbound queue's job). ``[]`` means no such recipient.
         """
 
@@ -104,10 +105,11 @@ class MailStore(Protocol):
     def append(self, user: str, mailbox: str, raw: bytes, flags: Iterable[str] = (),
                internaldate: int | None = None) -> Deferred[AppendResult]:
         """Store ``raw`` (CRLF line ends) in the mailbox. Fails with NotFound, OverQuota."""
-    def deliver(self, users: Iterable[str], raw: bytes,
-                internaldate: int | None = None) -> Deferred[dict[str, AppendResult | Exception]]:
-        """Deliver one message to each user's INBOX; the Deferred fires when every
-        shard involved has committed, with each user's result or error."""
+    def deliver(self, users: Iterable[str], raw: bytes, internaldate: int | None = None,
+                mailbox: str = "INBOX") -> Deferred[dict[str, AppendResult | Exception]]:
+        """Deliver one message to each user's ``mailbox`` (INBOX where a user has
+        no such mailbox); the Deferred fires when every shard involved has
+        committed, with each user's result or error."""
     def copy(self, user: str, src_mailbox_id: int, uids: Iterable[int], dest: str) -> Deferred[CopyResult]: ...
     def move(self, user: str, src_mailbox_id: int, uids: Iterable[int], dest: str) -> Deferred[CopyResult]:
         """Copy then expunge from the source, in one transaction (RFC 6851)."""

@@ -243,8 +243,8 @@ class LMDBStore:
     def list_aliases(self, domain: str | None = None) -> list[Alias]:
         return self._meta_read(meta.list_aliases, domain)
 
-    def resolve(self, address: str) -> list[str]:
-        return self._meta_read(meta.resolve, address)
+    def resolve(self, address: str, delimiter: str = "") -> list[str]:
+        return self._meta_read(meta.resolve, address, delimiter)
 
     def shard_user_counts(self) -> list[int]:
         """Users placed on each shard (extra: for operators and tests)."""
@@ -441,7 +441,8 @@ class LMDBStore:
             self._routes[address] = (now, user)
         return user
 
-    def deliver(self, users: Iterable[str], raw: bytes, internaldate: int | None = None) -> Deferred:
+    def deliver(self, users: Iterable[str], raw: bytes, internaldate: int | None = None,
+                mailbox: str = "INBOX") -> Deferred:
         """See MailStore.deliver. The result is keyed by the addresses as given
         (a user named twice gets one copy, under the first spelling)."""
         results: dict = {}
@@ -475,7 +476,7 @@ class LMDBStore:
             for number, slot in slots.items():
                 recipients = by_shard[number]
                 self._submitters[number].fill(slot, shard.uses_record_cache(
-                    lambda w, r=recipients: messages.deliver(w, r, name_max, blob_id, raw, facts, date)))
+                    lambda w, r=recipients: messages.deliver(w, r, name_max, blob_id, raw, facts, date, mailbox)))
 
         def not_parsed(failure):
             for number, slot in slots.items():

@@ -92,28 +92,38 @@ def append(w, user_id: int, mailbox_name: str, name_max: int, blob_id: bytes, ra
 
 
 def deliver(w, recipients: list[tuple[str, int, int]], name_max: int, blob_id: bytes, raw: bytes,
-            facts: dict, internaldate: int) -> dict:
-    """Append one message to the INBOX of each ``(address, user_id, quota)`` of this shard.
+            facts: dict, internaldate: int, mailbox: str = shard.INBOX) -> dict:
+    """Append one message to ``mailbox`` (the INBOX, or e.g. Junk) of each
+    ``(address, user_id, quota)`` of this shard; a user without that mailbox
+    gets it in the INBOX (mail is never refused for a deleted Junk).
 
     Each recipient runs in its own nested transaction: one failing (OverQuota,
     NotFound) leaves the others delivered. Returns ``{address: AppendResult or
     the StoreError}``; LMDB errors propagate (the whole batch then fails).
     """
+    def deliver_one(user_id: int, quota: int) -> AppendResult:
+        try:
+            return append(w, user_id, mailbox, name_max, blob_id, raw, facts,
+                          frozenset(), internaldate, quota)
+        except NotFound:
+            if mailbox == shard.INBOX:
+                raise
+            return append(w, user_id, shard.INBOX, name_max, blob_id, raw, facts,
+                          frozenset(), internaldate, quota)
+
     if len(recipients) == 1:
         # The writer isolates a failing operation itself; a nested transaction
         # here would only cost LMDB calls (see writer.EnvWriter._apply_and_commit).
         (address, user_id, quota), = recipients
         try:
-            return {address: append(w, user_id, shard.INBOX, name_max, blob_id, raw, facts,
-                                    frozenset(), internaldate, quota)}
+            return {address: deliver_one(user_id, quota)}
         except (NotFound, OverQuota, LimitExceeded) as exc:
             return {address: exc}  # append raises these before its first write
     outcome: dict = {}
     for address, user_id, quota in recipients:
         try:
             with w.nested():
-                outcome[address] = append(w, user_id, shard.INBOX, name_max, blob_id, raw, facts,
-                                          frozenset(), internaldate, quota)
+                outcome[address] = deliver_one(user_id, quota)
         except (NotFound, OverQuota, LimitExceeded) as exc:
             outcome[address] = exc
     return outcome

@@ -171,7 +171,7 @@ def shard_user_counts(txn, dbs, shards: int) -> list[int]:
     return counts
 
 
-def resolve(txn, dbs, address: str) -> list[str]:
+def resolve(txn, dbs, address: str, delimiter: str = "") -> list[str]:
     """Local users reached by ``address`` (see Directory.resolve), in order, deduplicated."""
     found: list[str] = []
     seen: set[str] = set()
@@ -185,6 +185,12 @@ def resolve(txn, dbs, address: str) -> list[str]:
             found.append(key)
             return
         data = txn.get(text, db=dbs["aliases"])
+        if data is None and depth == 0 and delimiter:
+            base = _without_detail(key, delimiter)
+            if base is not None and (txn.get(keys.text_key(base), db=dbs["users"]) is not None
+                                     or txn.get(keys.text_key(base), db=dbs["aliases"]) is not None):
+                walk(base, 0)  # user+detail before the catch-all, as Postfix does
+                return
         if data is None and not key.startswith("@"):
             domain = domain_of(key)
             if txn.get(keys.text_key(domain), db=dbs["domains"]) is None:
@@ -205,6 +211,13 @@ def resolve(txn, dbs, address: str) -> list[str]:
     if start is not None and not start.startswith("@"):
         walk(start, 0)
     return found
+
+
+def _without_detail(key: str, delimiter: str) -> str | None:
+    """``user@domain`` for ``user+detail@domain`` (sub-addressing, RFC 5233 §1), or None."""
+    local, _, domain = key.rpartition("@")
+    base, found, _ = local.partition(delimiter)
+    return f"{base}@{domain}" if found and base else None
 
 
 # ---------------------------------------------------------------- mutations

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailserverd.pop3.authenticate import decode_response
+from mailserverd.auth.sasl import decode_response
 from mailserverd.pop3.commands import COMMANDS, CommandSyntaxError, State, parse_number
 
 from pop3_fakes import Harness

@@ -33,7 +33,7 @@ class HeldDelivery:
         self.pending: list[Deferred] = []
         self.raw: list[bytes] = []
 
-    def check_recipient(self, address):
+    def check_recipient(self, address, remote_allowed=False, size=0):
         return [address] if address.endswith("@example.org") else []
 
     def deliver(self, sender, recipients, users, raw, client):
@@ -58,8 +58,9 @@ class TLSRecordingTransport(StringTransport):
 
 
 def make_ctx(delivery, clock, tls=None, **limits):
-    config = SimpleNamespace(limits=Limits(**limits), server=SimpleNamespace(hostname=HOST))
-    return SimpleNamespace(config=config, delivery=delivery, clock=clock,
+    config = SimpleNamespace(limits=Limits(**limits), server=SimpleNamespace(hostname=HOST),
+                             auth=SimpleNamespace(allow_plaintext=False))
+    return SimpleNamespace(config=config, delivery=delivery, clock=clock, authenticator=None,
                            tls=tls or SimpleNamespace(server_creator=lambda: "CREATOR"))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailserverd.smtp.session import MessageReader
+from mailserverd.smtp.framing import MessageReader
 
 
 def reference_read(wire: bytes, size_max: int, line_max: int):

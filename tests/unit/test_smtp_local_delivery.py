@@ -90,11 +90,11 @@ async def test_deliver_stores_message_with_received_and_logs_one_line(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_over_quota_for_all_is_552_and_mixed_is_451(store):
+async def test_over_quota_for_all_is_452_and_mixed_is_451(store):
     delivery = LocalDelivery(store, HOST, Clock())
     with pytest.raises(MailError) as full:
         await delivery.deliver("", ["tiny@example.org"], ["tiny@example.org"], b"x" * 1000 + b"\r\n", CLIENT)
-    assert (full.value.code, full.value.enhanced) == ("552", "5.2.2")
+    assert (full.value.code, full.value.enhanced) == ("452", "4.2.2")
     with pytest.raises(MailError) as mixed:
         await delivery.deliver("", ["tiny@example.org", "alice@example.org"],
                                ["tiny@example.org", "alice@example.org"], b"y" * 1000 + b"\r\n", CLIENT)

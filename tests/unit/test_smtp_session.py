@@ -48,7 +48,8 @@ class FakeDelivery:
         self.recipient_error: Exception | None = None
         self.queue_ids = iter(f"QID{n}" for n in range(1, 1000))
 
-    def check_recipient(self, address):
+    def check_recipient(self, address, remote_allowed=False, size=0):
+        self.remote_allowed = remote_allowed
         if self.recipient_error is not None:
             raise self.recipient_error
         if address.rpartition("@")[2] not in LOCAL_DOMAINS:
@@ -59,6 +60,9 @@ class FakeDelivery:
             self.pending.append((waiting, users))
             return waiting
         return users
+
+    def sender_allowed(self, user, sender):
+        return sender in ("", user)
 
     def deliver(self, sender, recipients, users, raw, client):
         self.delivered.append((sender, recipients, users, raw, client))
@@ -149,7 +153,8 @@ GREETING = f"S: 220 {HOST} ESMTP mailserverd"
 
 def ehlo_reply(name="c", size=52428800, starttls=True) -> str:
     """The S: lines of our EHLO reply (RFC 5321 §4.1.1.1; no enhanced codes, RFC 2034)."""
-    keywords = ["PIPELINING", f"SIZE {size}", "8BITMIME", "ENHANCEDSTATUSCODES"]
+    keywords = ["PIPELINING", f"SIZE {size}", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES",
+                "CHUNKING", "DSN", "LIMITS RCPTMAX=100"]
     keywords += ["STARTTLS"] if starttls else []
     lines = [f"{HOST} Hello {name}"] + keywords
     return "\n".join(f"S: 250{'-' if n < len(lines) - 1 else ' '}{line}" for n, line in enumerate(lines))
@@ -545,13 +550,13 @@ def test_unknown_and_malformed_parameters():
         C: MAIL FROM:<a@example.net> SIZE=1 SIZE=2
         C: MAIL FROM:<a@example.net>SIZE=1
         C: MAIL FROM:<a@example.net>
+        C: RCPT TO:<alice@example.org> FOO=BAR
         C: RCPT TO:<alice@example.org> NOTIFY=NEVER
-        C: RCPT TO:<alice@example.org>
         {ehlo_reply()}
         S: 555 5.5.4 Unsupported parameter
         S: 501 5.5.4 Bad BODY value
         S: 501 5.5.4 Duplicate parameter SIZE
-        S: 501 5.5.4 Syntax: MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME]
+        S: 501 5.5.4 Syntax: MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8] [RET=FULL|HDRS] [ENVID=id] [AUTH=address]
         S: 250 2.1.0 Sender ok
         S: 555 5.5.4 Unsupported parameter
         S: 250 2.1.5 Recipient ok
@@ -570,10 +575,10 @@ def test_bad_paths():
         C: RCPT FROM:<alice@example.org>
         S: 250 {HOST} Hello c
         S: 501 5.1.7 Bad sender address syntax: path must start with '<'
-        S: 501 5.5.4 Syntax: MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME]
+        S: 501 5.5.4 Syntax: MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8] [RET=FULL|HDRS] [ENVID=id] [AUTH=address]
         S: 250 2.1.0 Sender ok
         S: 501 5.1.3 Bad address syntax: null path not allowed here
-        S: 501 5.5.4 Syntax: RCPT TO:<address>
+        S: 501 5.5.4 Syntax: RCPT TO:<address> [NOTIFY=...] [ORCPT=addr-type;address]
     """)
 
 
@@ -642,9 +647,9 @@ def test_help_vrfy_expn():
     transcript(client, f"""
         {GREETING}
         C: HELP
-        S: 214 2.0.0 Commands: HELO EHLO STARTTLS MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN
+        S: 214 2.0.0 Commands: HELO EHLO STARTTLS MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY EXPN
         C: HELP mail
-        S: 214 2.0.0 MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME]
+        S: 214 2.0.0 MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8] [RET=FULL|HDRS] [ENVID=id] [AUTH=address]
         C: HELP AUTH
         S: 502 5.5.1 No help for that command
         C: VRFY alice

@@ -1,0 +1,305 @@
+"""The inbound checks run between the end of DATA and the reply: the orchestrator.
+
+:class:`InboundChecks` runs SPF (MAIL FROM and HELO), DKIM, the DMARC policy
+lookup and the DNSBL lookups side by side in one bounded thread pool (they
+block on DNS and crypto, so never on the reactor thread), then, back on the
+reactor thread, combines them: the DMARC result, the spam score, the
+Authentication-Results and X-Spam-* fields, and what to do with the message
+(:class:`Verdict`). A check that breaks is logged and counted as
+``temperror``; the whole never fails, so mail is never lost to a bug here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from mailserverd.delivery import authresults
+from mailserverd.delivery import dkim as dkim_check
+from mailserverd.delivery import dmarc as dmarc_check
+from mailserverd.delivery import spam
+from mailserverd.delivery import spf as spf_check
+from mailserverd.delivery.dns import BlockingResolver
+from mailserverd.errors import MailError
+from mailserverd.mail.facts import parse_address_list
+from mailserverd.mail.mime import header_end, header_fields
+
+log = Logger(namespace="mailserverd.delivery")
+
+DMARC_REJECT_ACTIONS = ("reject", "quarantine")
+_SEVERITY = {"deliver": 0, "junk": 1, "reject": 2}
+
+
+@dataclass(frozen=True)
+class InboundSettings:
+    """What the checks need from the configuration (``[inbound]``, ``[dns]``).
+
+    ``authserv_id`` is our name in Authentication-Results (the hostname);
+    ``resolver`` the ``(ip, port)`` to ask, ``None`` for the system's;
+    ``dns_timeout`` seconds per lookup. A spam score at or above
+    ``junk_threshold`` sends the message to Junk, at or above
+    ``reject_threshold`` refuses it. ``dmarc_reject_action`` is what a DMARC
+    ``p=reject`` failure gets: ``"reject"`` (550 5.7.1) or ``"quarantine"``
+    (Junk). ``pool_size`` bounds the threads running checks.
+    """
+
+    authserv_id: str
+    resolver: tuple[str, int] | None
+    dns_timeout: float
+    spf: bool = True
+    dkim: bool = True
+    dmarc: bool = True
+    dmarc_reject_action: str = "reject"
+    dnsbl_zones: tuple[str, ...] = ()
+    junk_threshold: float = 5.0
+    reject_threshold: float = 10.0
+    pool_size: int = 4
+    dkim_signatures_max: int = 8
+    spf_time_limit: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.dmarc_reject_action not in DMARC_REJECT_ACTIONS:
+            raise ValueError(f"dmarc_reject_action must be one of {DMARC_REJECT_ACTIONS}")
+        if self.pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The SMTP transaction around a message: client address, HELO name,
+    MAIL FROM (``""`` for the null reverse-path) and the recipients."""
+
+    client_ip: str
+    helo: str
+    mail_from: str
+    recipients: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of the checks for one message.
+
+    ``message``: what to store: our Authentication-Results, X-Spam-Score and
+    X-Spam-Status fields on top, forged Authentication-Results claiming our
+    authserv-id removed, otherwise byte-identical. ``action``: ``"deliver"``,
+    ``"junk"`` or ``"reject"``; ``reply`` is the 550 5.7.1 to send for
+    ``"reject"`` (else ``None``). ``results`` holds each check's result for
+    logs and tests (``spf``, ``spf_helo``, ``dkim`` (a list), ``dmarc``,
+    ``dmarc_disposition``, ``dnsbl`` (listed zones), ``tests``, ``from_domain``).
+    """
+
+    message: bytes
+    action: str
+    score: float
+    reply: MailError | None
+    results: dict = field(default_factory=dict)
+
+
+def from_domain_of(message: bytes) -> tuple[str, bool]:
+    """The RFC5322.From domain and whether it is usable for DMARC.
+
+    Returns ``(domain, True)`` for one From field whose addresses share one
+    domain; ``("", True)`` without a From address; ``("", False)`` for several
+    From fields or domains (RFC 7489 §6.6.1: no single author domain).
+    """
+    end, _body = header_end(message, 0)
+    fields = header_fields(message, 0, end, frozenset({b"from"}))
+    if len(fields) > 1:
+        return "", False
+    if not fields:
+        return "", True
+    hosts = {bytes(entry[3]).decode("utf-8", "replace").rstrip(".").lower()
+             for entry in parse_address_list(fields[0][1]) or [] if entry[3]}
+    if len(hosts) > 1:
+        return "", False
+    return (hosts.pop() if hosts else ""), True
+
+
+class InboundChecks:
+    """Runs the inbound checks for each received message (see the module docstring).
+
+    Takes the :class:`InboundSettings` and the reactor (the global one by
+    default). Call :meth:`start` before the first :meth:`check` (it is safe
+    from ``reactor.callWhenRunning``) and :meth:`stop` at shutdown.
+    """
+
+    def __init__(self, settings: InboundSettings, reactor: Any = None):
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+            reactor = global_reactor
+        self.settings = settings
+        self._reactor = reactor
+        self._resolver = BlockingResolver(settings.resolver, settings.dns_timeout)
+        self._pool = ThreadPool(minthreads=0, maxthreads=settings.pool_size, name="inbound-checks")
+
+    def start(self) -> None:
+        """Start the thread pool (at most ``pool_size`` threads)."""
+        self._pool.start()
+
+    def stop(self) -> None:
+        """Stop the thread pool, waiting for running checks to finish."""
+        self._pool.stop()
+
+    def check(self, message: bytes, envelope: Envelope) -> Deferred:
+        """Check one message; the Deferred fires with a :class:`Verdict`, never fails.
+
+        ``message`` is the raw message (CRLF line ends, dot-unstuffed, without
+        our Received field). A DNS problem becomes ``temperror`` for that
+        check; an unexpected exception is logged and the message delivered.
+        """
+        try:
+            from_domain, from_ok = from_domain_of(message)
+            jobs = self._start_jobs(message, envelope, from_domain)
+        except Exception:
+            log.failure("inbound-error client={ip}", ip=envelope.client_ip)
+            return succeed(self._fallback(message))
+        names = list(jobs)
+        gathered = DeferredList([jobs[name] for name in names], consumeErrors=True)
+        gathered.addCallback(lambda outcomes: {
+            name: outcome for name, (_ok, outcome) in zip(names, outcomes)})
+        gathered.addCallback(self._combine, message, envelope, from_domain, from_ok)
+        gathered.addErrback(self._failed, message, envelope)
+        return gathered
+
+    # --- the blocking part, in the pool
+
+    def _in_pool(self, name: str, fallback: Any, function: Callable, *args: Any) -> Deferred:
+        """Run ``function(*args)`` in the pool; on an exception log it and give ``fallback``."""
+        def failed(failure: Failure) -> Any:
+            log.failure("inbound-check-error check={check}", failure, check=name)
+            return fallback
+        return deferToThreadPool(self._reactor, self._pool, function, *args).addErrback(failed)
+
+    def _start_jobs(self, message: bytes, envelope: Envelope, from_domain: str) -> dict[str, Deferred]:
+        """Submit every enabled check to the pool; returns their Deferreds by name
+        (``spf_mailfrom``, ``spf_helo``, ``dkim``, ``dmarc``, ``dnsbl:<zone>``)."""
+        settings, resolver = self.settings, self._resolver
+        jobs: dict[str, Deferred] = {}
+        if settings.spf:
+            for identity in ("mailfrom", "helo") if envelope.mail_from else ("helo",):
+                fallback = spf_check.SPFResult("temperror", identity, "", "internal error")
+                jobs["spf_" + identity] = self._in_pool(
+                    "spf", fallback, spf_check.check_identity, resolver, envelope.client_ip,
+                    identity, envelope.mail_from, envelope.helo, settings.spf_time_limit)
+        if settings.dkim:
+            jobs["dkim"] = self._in_pool("dkim", [], dkim_check.verify_signatures, message, resolver,
+                                         settings.dkim_signatures_max)
+        if settings.dmarc and from_domain:
+            jobs["dmarc"] = self._in_pool("dmarc", dmarc_check.PolicyLookup(None, temperror=True),
+                                          dmarc_check.discover_policy, resolver, from_domain)
+        for zone in settings.dnsbl_zones:
+            jobs["dnsbl:" + zone] = self._in_pool("dnsbl", None, spam.dnsbl_listed,
+                                                  resolver, envelope.client_ip, zone)
+        return jobs
+
+    # --- combining, on the reactor thread (pure)
+
+    def _combine(self, outcomes: dict, message: bytes, envelope: Envelope,
+                 from_domain: str, from_ok: bool) -> Verdict:
+        """Turn the checks' outcomes into the :class:`Verdict` (pure, reactor thread)."""
+        settings = self.settings
+        methods: list[authresults.MethodResult] = []
+        results: dict = {"from_domain": from_domain}
+        tests: list[str] = []
+        helo = outcomes.get("spf_helo")
+        mailfrom = outcomes.get("spf_mailfrom", helo)  # RFC 7208 §2.4: null path -> HELO
+        if helo is not None:
+            results["spf"], results["spf_helo"] = mailfrom.result, helo.result
+            if envelope.mail_from:
+                methods.append(authresults.MethodResult(
+                    "spf", mailfrom.result, (("smtp.mailfrom", envelope.mail_from),)))
+            methods.append(authresults.MethodResult("spf", helo.result, (("smtp.helo", envelope.helo),)))
+            tests += {"fail": ["SPF_FAIL"], "softfail": ["SPF_SOFTFAIL"],
+                      "permerror": ["SPF_PERMERROR"]}.get(mailfrom.result, [])
+            if helo.result == "fail" and envelope.mail_from:
+                tests.append("SPF_HELO_FAIL")
+        if settings.dkim:
+            signatures = outcomes.get("dkim", [])
+            results["dkim"] = [sig.result for sig in signatures] or ["none"]
+            methods += _dkim_methods(signatures)
+            if signatures and all(sig.result in ("fail", "permerror") for sig in signatures):
+                tests.append("DKIM_INVALID")
+        dmarc = self._dmarc(outcomes, envelope, from_domain, from_ok, mailfrom)
+        if dmarc is not None:
+            results["dmarc"], results["dmarc_disposition"] = dmarc.result, dmarc.disposition
+            props = (("header.from", dmarc.from_domain),) if dmarc.from_domain else ()
+            methods.append(authresults.MethodResult("dmarc", dmarc.result, props))
+            if dmarc.result == "fail":
+                tests.append("DMARC_FAIL")
+        listed = [zone for zone in settings.dnsbl_zones if outcomes.get("dnsbl:" + zone)]
+        results["dnsbl"] = listed
+        tests += ["DNSBL_LISTED:" + zone for zone in listed]
+        tests += spam.header_findings(message)
+        score = spam.total_score(tests)
+        results["tests"] = tests
+        action, reply = self._decide(score, dmarc)
+        fields = [authresults.format_field(settings.authserv_id, methods)]
+        fields += spam.status_fields(score, tests, settings.junk_threshold)
+        cleaned = authresults.remove_claiming(message, settings.authserv_id)
+        log.info("inbound client={ip} spf={spf} dkim={dkim} dmarc={dmarc} score={score} action={action}",
+                 ip=envelope.client_ip, spf=results.get("spf", "-"), dkim=results.get("dkim", "-"),
+                 dmarc=results.get("dmarc", "-"), score=score, action=action)
+        return Verdict(authresults.prepend_fields(cleaned, fields), action, score, reply, results)
+
+    def _dmarc(self, outcomes: dict, envelope: Envelope, from_domain: str, from_ok: bool,
+               mailfrom: spf_check.SPFResult | None) -> dmarc_check.DMARCResult | None:
+        """The DMARC result, or ``None`` when DMARC is switched off."""
+        if not self.settings.dmarc:
+            return None
+        if not from_ok:
+            return dmarc_check.DMARCResult("permerror", "")
+        if not from_domain:
+            return dmarc_check.DMARCResult("none", "")
+        spf_result = mailfrom.result if mailfrom is not None else "none"
+        spf_domain = mailfrom.domain if mailfrom is not None else ""
+        dkim_passes = [sig.domain for sig in outcomes.get("dkim", []) if sig.result == "pass"]
+        lookup = outcomes.get("dmarc", dmarc_check.PolicyLookup(None))
+        return dmarc_check.evaluate(from_domain, lookup, spf_result, spf_domain, dkim_passes)
+
+    def _decide(self, score: float, dmarc: dmarc_check.DMARCResult | None) -> tuple[str, MailError | None]:
+        """The action (the most severe of DMARC's and the score's) and its reply."""
+        dmarc_action = "deliver"
+        if dmarc is not None and dmarc.disposition == "reject":
+            dmarc_action = "reject" if self.settings.dmarc_reject_action == "reject" else "junk"
+        elif dmarc is not None and dmarc.disposition == "quarantine":
+            dmarc_action = "junk"
+        spam_action = ("reject" if score >= self.settings.reject_threshold
+                       else "junk" if score >= self.settings.junk_threshold else "deliver")
+        if dmarc_action == "reject":
+            # RFC 7489 §7.3 suggests 5.7.1 for a DMARC policy rejection.
+            text = f"Message rejected by the DMARC policy of {dmarc.from_domain}"
+            return "reject", MailError("550", "5.7.1", text)
+        if spam_action == "reject":
+            return "reject", MailError("550", "5.7.1", "Message rejected as spam")
+        return max(dmarc_action, spam_action, key=_SEVERITY.__getitem__), None
+
+    def _fallback(self, message: bytes) -> Verdict:
+        """Deliver as received (minus forged results) when the checks broke."""
+        try:
+            message = authresults.remove_claiming(message, self.settings.authserv_id)
+        except Exception:
+            log.failure("inbound-error step=remove-forged")
+        return Verdict(message, "deliver", 0.0, None, {"error": True})
+
+    def _failed(self, failure: Failure, message: bytes, envelope: Envelope) -> Verdict:
+        log.failure("inbound-error client={ip}", failure, ip=envelope.client_ip)
+        return self._fallback(message)
+
+
+def _dkim_methods(signatures: list[dkim_check.DKIMResult]) -> list[authresults.MethodResult]:
+    """One ``dkim=`` entry per signature (RFC 8601 §2.7.1), or ``dkim=none``."""
+    if not signatures:
+        return [authresults.MethodResult("dkim", "none")]
+    methods = []
+    for sig in signatures:
+        props = tuple((name, value) for name, value in (
+            ("header.d", sig.domain), ("header.s", sig.selector), ("header.b", sig.b_prefix))
+            if value)
+        methods.append(authresults.MethodResult("dkim", sig.result, props))
+    return methods

@@ -1,0 +1,95 @@
+"""Blocking DNS lookups against the configured resolver, for the inbound checks.
+
+SPF, DKIM, DMARC and DNSBL all look names up through one
+:class:`BlockingResolver`: it asks the resolver named in ``[dns] resolver``
+(``(ip, port)``), or the system's (``/etc/resolv.conf``) when none is
+configured, and gives every lookup the same time limit. Lookups block, so
+they run only in the inbound checks' thread pool, never on the reactor thread.
+
+The answer contract is the one the checks need (RFC 7208 §5, RFC 6376 §3.6.2.2,
+RFC 7489 §6.6.3): "no such name" and "no record of that type" are both an
+empty answer; SERVFAIL, a timeout or an unreachable resolver is
+:class:`DNSTempError`, which each check reports as ``temperror``.
+"""
+
+from __future__ import annotations
+
+import dns.exception
+import dns.name
+import dns.resolver
+
+
+class DNSTempError(Exception):
+    """The lookup could not be completed now (SERVFAIL, timeout, no resolver)."""
+
+
+class BlockingResolver:
+    """Synchronous lookups against one resolver, with a per-lookup time limit.
+
+    Takes ``address``: ``(ip, port)`` of the resolver to ask, or ``None`` for
+    the system's configuration; ``timeout``: seconds allowed for one lookup
+    (all retries included). Safe to share between threads: each lookup builds
+    its own query state and no answers are cached.
+    """
+
+    def __init__(self, address: tuple[str, int] | None, timeout: float):
+        self.address = address
+        self.timeout = timeout
+        self._resolver: dns.resolver.Resolver | None = None
+        self._config_error = ""
+        try:
+            if address is None:
+                self._resolver = dns.resolver.Resolver(configure=True)
+            else:
+                self._resolver = dns.resolver.Resolver(configure=False)
+                self._resolver.nameservers = [address[0]]
+                self._resolver.port = address[1]
+        except dns.resolver.NoResolverConfiguration as error:
+            # No resolv.conf: every lookup is a temporary failure, not a crash.
+            self._config_error = str(error) or "no resolver configuration"
+            return
+        self._resolver.timeout = timeout
+        self._resolver.lifetime = timeout
+        self._resolver.cache = None
+
+    def records(self, name: str, rtype: str) -> list:
+        """Return the dnspython rdata objects of type ``rtype`` at ``name``.
+
+        Takes an absolute or relative name (treated as absolute: no search
+        list). Returns ``[]`` for NXDOMAIN or no data of that type; CNAMEs are
+        followed by the resolver. Raises :class:`DNSTempError` on SERVFAIL,
+        timeout or a missing resolver. Blocks for up to ``timeout`` seconds.
+        """
+        if self._resolver is None:
+            raise DNSTempError(self._config_error)
+        qname = name if name.endswith(".") else name + "."
+        try:
+            answer = self._resolver.resolve(
+                qname, rtype, search=False, raise_on_no_answer=False, lifetime=self.timeout)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.YXDOMAIN):
+            return []
+        except (dns.exception.Timeout, dns.resolver.NoNameservers) as error:
+            raise DNSTempError(f"{rtype} {name}: {error.__class__.__name__}") from error
+        except (dns.name.LabelTooLong, dns.name.NameTooLong, dns.name.EmptyLabel,
+                dns.name.IDNAException):
+            # A name that cannot exist in DNS has no records.
+            return []
+        except dns.exception.DNSException as error:
+            raise DNSTempError(f"{rtype} {name}: {error}") from error
+        if answer.rrset is None:
+            return []
+        return list(answer.rrset)
+
+    def txt(self, name: str) -> list[bytes]:
+        """Return each TXT record at ``name`` with its strings concatenated.
+
+        RFC 7208 §3.3 and RFC 6376 §3.6.2.2: a record split into several
+        strings is read as their concatenation, without separators. Raises
+        :class:`DNSTempError` as :meth:`records` does.
+        """
+        return [b"".join(rdata.strings) for rdata in self.records(name, "TXT")]
+
+    def addresses(self, name: str, rtype: str = "A") -> list[str]:
+        """Return the A (or ``rtype="AAAA"``) addresses at ``name`` as text."""
+        return [rdata.address for rdata in self.records(name, rtype)]
+
