@@ -26,6 +26,7 @@ test-quick: setup
 bench: setup
 	$(BIN)/python bench/store_bench.py
 	$(BIN)/python bench/pop3_retr.py
+	$(BIN)/python bench/smtp_accept.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -136,6 +136,12 @@ def decode_response(line: bytes) -> bytes | None:
         return None
 
 
+def decode_initial_response(token: bytes) -> bytes | None:
+    """An initial response as sent after the mechanism name: ``=`` is an empty
+    one (RFC 4954 §4, RFC 5034 §4, RFC 4959 §3); else strict base64, None if not."""
+    return b"" if token == b"=" else decode_response(token)
+
+
 def create_mechanism(name: str | bytes, authenticator: Authenticator, client_ip: str,
                      tls_active: bool, *, allow_plaintext: bool = False,
                      nonce_factory: Callable[[], str] | None = None) -> "SaslMechanism":
@@ -448,3 +454,75 @@ class ScramSha256Mechanism(SaslMechanism):
             server_data=server_final,
         )
 
+
+
+# --- driving a mechanism over a line protocol
+
+#: The line that cancels an exchange (RFC 4954 §4, RFC 5034 §4, RFC 9051 §6.2.2).
+CANCEL = b"*"
+
+
+@dataclass(frozen=True)
+class SaslWire:
+    """How one protocol says each part of an exchange: ``challenge(data)`` makes
+    its challenge reply (SMTP ``334``, IMAP/POP3 ``+``); ``cancelled`` and
+    ``bad_base64`` answer a ``*`` line and an undecodable one; ``failures``
+    maps each FAILURE_* kind to its reply."""
+
+    challenge: Callable[[bytes], object]
+    cancelled: object
+    bad_base64: object
+    failures: dict
+
+
+class SaslExchange:
+    """One exchange over a line protocol: feeds client lines to ``mechanism`` and
+    turns its steps into that protocol's replies (``wire``).
+
+    ``read_next_line(handler)`` asks the session to hand its next line (no
+    line end) to ``handler`` instead of running it as a command;
+    ``succeeded(user)`` gives the success reply (and does what success means:
+    mark the session authenticated, open the maildrop); ``failed(reply)`` may
+    replace a failure reply (SMTP counts failures and closes past a limit).
+    """
+
+    def __init__(self, mechanism: SaslMechanism, wire: SaslWire,
+                 read_next_line: Callable[[Callable[[bytes], object]], None],
+                 succeeded: Callable[[str], object],
+                 failed: Callable[[object], object] = lambda reply: reply):
+        self._mechanism = mechanism
+        self._wire = wire
+        self._read_next_line = read_next_line
+        self._succeeded = succeeded
+        self._failed = failed
+
+    def step(self, client_data: bytes | None) -> defer.Deferred:
+        """Give ``client_data`` to the mechanism; fires with the reply to send."""
+        return self._mechanism.step(client_data).addCallback(self._reply_for_step)
+
+    def _reply_for_step(self, step: SaslStep) -> object:
+        if isinstance(step, SaslChallenge):
+            self._read_next_line(self._client_response)
+            return self._wire.challenge(step.data)
+        if isinstance(step, SaslFailure):
+            return self._failed(self._wire.failures[step.kind])
+        if step.server_data is not None:
+            # RFC 4422 §3.6: the success data goes as one more challenge (see the module docstring).
+            self._read_next_line(lambda line: self._success_acknowledged(step.user, line))
+            return self._wire.challenge(step.server_data)
+        return self._succeeded(step.user)
+
+    def _client_response(self, line: bytes) -> object:
+        """The client's answer to a challenge: "*" cancels, else base64 for the mechanism."""
+        if line == CANCEL:
+            return self._wire.cancelled
+        client_data = decode_response(line)
+        if client_data is None:
+            return self._wire.bad_base64
+        return self.step(client_data)
+
+    def _success_acknowledged(self, user: str, line: bytes) -> object:
+        """The answer to the server-final challenge must be empty; anything else fails."""
+        if line:
+            return self._failed(self._wire.failures[FAILURE_CREDENTIALS])
+        return self._succeeded(user)

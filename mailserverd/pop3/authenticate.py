@@ -35,18 +35,19 @@ if TYPE_CHECKING:  # pragma: no cover
 #: The SASL mechanisms POP3 offers, best first (a subset of mailserverd.auth.sasl's).
 POP3_MECHANISMS = (sasl.SCRAM_SHA_256, sasl.PLAIN)
 
-#: RFC 5034 §4: the initial response that stands for an empty one.
-_EMPTY_INITIAL_RESPONSE = b"="
-#: RFC 5034 §4: the client response that cancels the exchange.
-_CANCEL = b"*"
-
-_FAILURE_REPLIES = {
-    sasl.FAILURE_CREDENTIALS: replies.AUTH_FAILED,
-    sasl.FAILURE_AUTHORIZATION: replies.AUTH_FAILED,
-    sasl.FAILURE_THROTTLED: replies.AUTH_TEMPORARILY_UNAVAILABLE,
-    sasl.FAILURE_UNAVAILABLE: replies.AUTH_TEMPORARILY_UNAVAILABLE,
-    sasl.FAILURE_MALFORMED: replies.AUTH_MALFORMED,
-}
+#: RFC 5034 §4 and RFC 3206: the POP3 words of a SASL exchange.
+POP3_SASL = sasl.SaslWire(
+    challenge=Challenge,
+    cancelled=replies.AUTH_CANCELLED,
+    bad_base64=replies.AUTH_BAD_BASE64,
+    failures={
+        sasl.FAILURE_CREDENTIALS: replies.AUTH_FAILED,
+        sasl.FAILURE_AUTHORIZATION: replies.AUTH_FAILED,
+        sasl.FAILURE_THROTTLED: replies.AUTH_TEMPORARILY_UNAVAILABLE,
+        sasl.FAILURE_UNAVAILABLE: replies.AUTH_TEMPORARILY_UNAVAILABLE,
+        sasl.FAILURE_MALFORMED: replies.AUTH_MALFORMED,
+    },
+)
 
 ExchangeResult = Union[Reply, Challenge, Deferred]
 
@@ -75,50 +76,13 @@ def cmd_auth(session: "POP3Session", args: list[bytes]) -> ExchangeResult:
     session.pending_user = None  # AUTH replaces any USER given before it
     initial: bytes | None = None
     if len(args) == 2:
-        initial = b"" if args[1] == _EMPTY_INITIAL_RESPONSE else sasl.decode_response(args[1])
+        initial = sasl.decode_initial_response(args[1])
         if initial is None:
             return replies.AUTH_BAD_BASE64
     mechanism = sasl.create_mechanism(
         name, session.ctx.authenticator, session.client_ip, session.tls_active,
         allow_plaintext=session.ctx.config.auth.allow_plaintext,
     )
-    return SaslExchange(session, mechanism).step(initial)
-
-
-class SaslExchange:
-    """One AUTH exchange: feeds client lines to a mechanism and turns its steps into replies."""
-
-    def __init__(self, session: "POP3Session", mechanism: sasl.SaslMechanism):
-        self._session = session
-        self._mechanism = mechanism
-
-    def step(self, client_data: bytes | None) -> Deferred:
-        """Give ``client_data`` to the mechanism; fires with the reply or challenge to send."""
-        return self._mechanism.step(client_data).addCallback(self._reply_for_step)
-
-    def _reply_for_step(self, step: sasl.SaslStep) -> Reply | Challenge:
-        if isinstance(step, sasl.SaslChallenge):
-            self._session.read_next_line(self._client_response)
-            return Challenge(step.data)
-        if isinstance(step, sasl.SaslFailure):
-            return _FAILURE_REPLIES[step.kind]
-        if step.server_data is not None:
-            # RFC 4422 §3.6 via mailserverd.auth.sasl: the success data goes as a challenge.
-            self._session.read_next_line(lambda line: self._success_acknowledged(step.user, line))
-            return Challenge(step.server_data)
-        return open_maildrop(self._session, step.user)
-
-    def _client_response(self, line: bytes) -> ExchangeResult:
-        """The client's answer to a challenge: "*" cancels, else base64 for the mechanism."""
-        if line == _CANCEL:
-            return replies.AUTH_CANCELLED
-        client_data = sasl.decode_response(line)
-        if client_data is None:
-            return replies.AUTH_BAD_BASE64
-        return self.step(client_data)
-
-    def _success_acknowledged(self, user: str, line: bytes) -> Reply:
-        """The answer to the server-final challenge must be empty; anything else fails AUTH."""
-        if line:
-            return replies.AUTH_FAILED
-        return open_maildrop(self._session, user)
+    exchange = sasl.SaslExchange(mechanism, POP3_SASL, session.read_next_line,
+                                 lambda user: open_maildrop(session, user))
+    return exchange.step(initial)

@@ -35,17 +35,19 @@ from mailserverd.smtp.replies import Reply
 if TYPE_CHECKING:  # pragma: no cover
     from mailserverd.smtp.session import SMTPSession
 
-#: RFC 4954 §4: the initial response that stands for an empty one, and the cancel line.
-_EMPTY_INITIAL_RESPONSE = b"="
-_CANCEL = b"*"
-
-_FAILURE_REPLIES = {
-    sasl.FAILURE_CREDENTIALS: replies.S535_AUTH_FAILED,
-    sasl.FAILURE_AUTHORIZATION: replies.S535_AUTH_FAILED,
-    sasl.FAILURE_THROTTLED: replies.S454_AUTH_TEMPORARY,
-    sasl.FAILURE_UNAVAILABLE: replies.S454_AUTH_TEMPORARY,
-    sasl.FAILURE_MALFORMED: replies.S501_AUTH_MALFORMED,
-}
+#: RFC 4954 §4, §6: the SMTP words of a SASL exchange.
+SMTP_SASL = sasl.SaslWire(
+    challenge=replies.challenge,
+    cancelled=replies.S501_AUTH_CANCELLED,
+    bad_base64=replies.S501_AUTH_BAD_BASE64,
+    failures={
+        sasl.FAILURE_CREDENTIALS: replies.S535_AUTH_FAILED,
+        sasl.FAILURE_AUTHORIZATION: replies.S535_AUTH_FAILED,
+        sasl.FAILURE_THROTTLED: replies.S454_AUTH_TEMPORARY,
+        sasl.FAILURE_UNAVAILABLE: replies.S454_AUTH_TEMPORARY,
+        sasl.FAILURE_MALFORMED: replies.S501_AUTH_MALFORMED,
+    },
+)
 
 ExchangeResult = Union[Reply, "Deferred[Reply]"]
 SYNTAX = "AUTH mechanism [initial-response]"
@@ -77,59 +79,23 @@ def smtp_auth(session: "SMTPSession", arg: bytes) -> ExchangeResult:
         return replies.S538_ENCRYPTION_REQUIRED
     initial: bytes | None = None
     if len(parts) == 2:
-        initial = b"" if parts[1] == _EMPTY_INITIAL_RESPONSE else sasl.decode_response(parts[1])
+        initial = sasl.decode_initial_response(parts[1])
         if initial is None:
             return replies.S501_AUTH_BAD_BASE64
-    return SaslExchange(session, mechanism).step(initial)
 
-
-class SaslExchange:
-    """One AUTH exchange: feeds client lines to a mechanism and turns its steps into replies."""
-
-    def __init__(self, session: "SMTPSession", mechanism: sasl.SaslMechanism):
-        self._session = session
-        self._mechanism = mechanism
-
-    def step(self, client_data: bytes | None) -> "Deferred[Reply]":
-        """Give ``client_data`` to the mechanism; fires with the reply to send."""
-        return self._mechanism.step(client_data).addCallback(self._reply_for_step)
-
-    def _reply_for_step(self, step: sasl.SaslStep) -> Reply:
-        if isinstance(step, sasl.SaslChallenge):
-            self._session.read_next_line(self._client_response)
-            return replies.challenge(step.data)
-        if isinstance(step, sasl.SaslFailure):
-            return self._failed(_FAILURE_REPLIES[step.kind])
-        if step.server_data is not None:
-            # RFC 4422 §3.6 via mailserverd.auth.sasl: the success data goes as a challenge.
-            self._session.read_next_line(lambda line: self._success_acknowledged(step.user, line))
-            return replies.challenge(step.server_data)
-        return self._succeeded(step.user)
-
-    def _client_response(self, line: bytes) -> ExchangeResult:
-        """The client's answer to a challenge: "*" cancels, else base64 for the mechanism."""
-        if line == _CANCEL:
-            return replies.S501_AUTH_CANCELLED
-        client_data = sasl.decode_response(line)
-        if client_data is None:
-            return replies.S501_AUTH_BAD_BASE64
-        return self.step(client_data)
-
-    def _success_acknowledged(self, user: str, line: bytes) -> Reply:
-        """The answer to the server-final challenge must be empty; anything else fails AUTH."""
-        if line:
-            return self._failed(replies.S535_AUTH_FAILED)
-        return self._succeeded(user)
-
-    def _succeeded(self, user: str) -> Reply:
-        self._session.authenticated_user = user
+    def succeeded(user: str) -> Reply:
+        session.authenticated_user = user
         return replies.S235_AUTH_OK
 
-    def _failed(self, reply: Reply) -> Reply:
-        """Count a failed exchange; past the limit, 421 and close instead."""
-        session = self._session
-        session.auth_failures += 1
-        if session.auth_failures >= session.limits.smtp_auth_failures_max:
-            session.close_after_reply()
-            return replies.S421_TOO_MANY_AUTH_FAILURES
-        return reply
+    exchange = sasl.SaslExchange(mechanism, SMTP_SASL, session.read_next_line, succeeded,
+                                 lambda reply: _failed(session, reply))
+    return exchange.step(initial)
+
+
+def _failed(session: "SMTPSession", reply: Reply) -> Reply:
+    """Count a failed exchange; past the limit, 421 and close instead."""
+    session.auth_failures += 1
+    if session.auth_failures >= session.limits.smtp_auth_failures_max:
+        session.close_after_reply()
+        return replies.S421_TOO_MANY_AUTH_FAILURES
+    return reply
