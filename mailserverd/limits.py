@@ -49,6 +49,8 @@ LIMIT_SPECS: tuple[LimitSpec, ...] = (
               "DKIM signatures verified per message; later ones are ignored."),
     LimitSpec("spf_check_timeout", 20, 20, 120, "seconds",
               "Time for one SPF evaluation with all its lookups (RFC 7208 §4.6.4: at least 20)."),
+    LimitSpec("dns_cache_entries", 10000, 0, 10000000, "count",
+              "DNS answers the inbound checks keep, each for its TTL (0: no cache)."),
     LimitSpec("smtp_idle_timeout", 300, 10, 3600, "seconds",
               "Idle time before an SMTP session is closed (RFC 5321 §4.5.3.2.7: at least 5 minutes)."),
     LimitSpec("smtp_data_timeout", 600, 10, 3600, "seconds",

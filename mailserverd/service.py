@@ -51,6 +51,7 @@ def inbound_settings(config: Config) -> InboundSettings:
         pool_size=config.limits.inbound_threads,
         dkim_signatures_max=config.limits.dkim_signatures_max,
         spf_time_limit=float(config.limits.spf_check_timeout),
+        dns_cache_entries=config.limits.dns_cache_entries,
     )
 
 

@@ -28,11 +28,16 @@ class BlockingResolver:
 
     Takes ``address``: ``(ip, port)`` of the resolver to ask, or ``None`` for
     the system's configuration; ``timeout``: seconds allowed for one lookup
-    (all retries included). Safe to share between threads: each lookup builds
-    its own query state and no answers are cached.
+    (all retries included); ``cache_entries``: answers kept (dnspython's LRU
+    cache, thread-safe; each for its TTL, negative answers for the SOA
+    minimum, RFC 2308), 0 for none. Safe to share between threads.
+
+    The cache matters: the checks of one message ask for the same sender
+    domain's SPF and DMARC records that the previous message from that
+    domain needed, and a busy MX would otherwise wait on each of them.
     """
 
-    def __init__(self, address: tuple[str, int] | None, timeout: float):
+    def __init__(self, address: tuple[str, int] | None, timeout: float, cache_entries: int = 0):
         self.address = address
         self.timeout = timeout
         self._resolver: dns.resolver.Resolver | None = None
@@ -50,7 +55,7 @@ class BlockingResolver:
             return
         self._resolver.timeout = timeout
         self._resolver.lifetime = timeout
-        self._resolver.cache = None
+        self._resolver.cache = dns.resolver.LRUCache(cache_entries) if cache_entries else None
 
     def records(self, name: str, rtype: str) -> list:
         """Return the dnspython rdata objects of type ``rtype`` at ``name``.

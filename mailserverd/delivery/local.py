@@ -233,10 +233,13 @@ class LocalDelivery:
         """
         queue_id = new_queue_id()
         received = self.received_header(client, queue_id, recipients)
+        verdicts: list[Verdict] = []
         checked = maybeDeferred(self._check, sender, recipients, raw, client)
+        checked.addCallback(lambda verdict: verdicts.append(verdict) or verdict)
         checked.addCallback(self._store_checked, received, queue_id, users)
         checked.addErrback(self._to_mail_error, queue_id)
-        checked.addBoth(self._log_delivery, queue_id, sender, recipients, len(received) + len(raw))
+        checked.addBoth(self._log_delivery, queue_id, sender, recipients, len(received) + len(raw),
+                        verdicts)
         return checked
 
     def _check(self, sender: str, recipients: list[str], raw: bytes, client: ClientInfo) -> Any:
@@ -294,15 +297,20 @@ class LocalDelivery:
         return Failure(TEMPORARY_FAILURE)
 
     def _log_delivery(self, outcome: Any, queue_id: str, sender: str, recipients: list[str],
-                      size: int) -> Any:
-        """Write the one ``delivery`` line; pass ``outcome`` on unchanged."""
+                      size: int, verdicts: list[Verdict]) -> Any:
+        """Write the one ``delivery`` line, with the checks' results; pass ``outcome`` on."""
         if isinstance(outcome, Failure):
             error = outcome.value
             result = f"{error.code} {error.enhanced}" if isinstance(error, MailError) else "error"
         else:
             result = "ok"
+        checks = verdicts[0].results if verdicts else {}
         log.info(
-            "delivery id={queue_id} from=<{sender}> to={recipients} size={size} result={result}",
+            "delivery id={queue_id} from=<{sender}> to={recipients} size={size} result={result} "
+            "spf={spf} dkim={dkim} dmarc={dmarc} score={score} action={action}",
             queue_id=queue_id, sender=sender, recipients=",".join(recipients), size=size, result=result,
+            spf=checks.get("spf", "-"), dkim=",".join(checks.get("dkim", [])) or "-",
+            dmarc=checks.get("dmarc", "-"), score=verdicts[0].score if verdicts else "-",
+            action=verdicts[0].action if verdicts else "-",
         )
         return outcome

@@ -358,11 +358,11 @@ def smtp_vrfy(session: "SMTPSession", arg: bytes) -> Reply:
 
 def smtp_help(session: "SMTPSession", arg: bytes) -> Reply:
     """HELP [command] (RFC 5321 §4.1.1.8): the syntax line(s) from the table,
-    for the commands this session can use (no STARTTLS or AUTH where not offered)."""
+    for the commands this session can use now (no STARTTLS or AUTH where not offered)."""
     hidden = set()
     if not session.starttls_offered():
         hidden.add(b"STARTTLS")
-    if not session.policy.auth_offered:
+    if not offered_mechanisms(session):
         hidden.add(b"AUTH")
     topic = arg.strip(b" ").upper()
     if topic:

@@ -109,12 +109,17 @@ _XTEXT_HEX = re.compile(r"\+([0-9A-F]{2})")
 def decode_xtext(value: str, what: str) -> str:
     """RFC 3461 §4: xtext = *( xchar / "+" 2HEXCHAR ), xchar = 33..126 but "+" and "=".
 
+    The decoded text must be printable US-ASCII (RFC 3461 §4.2, §4.4): no
+    control character can be smuggled into a later DSN's header fields.
     Raises ArgumentError(501) for anything else.
     """
     plain = _XTEXT_HEX.sub("", value)
     if "+" in plain or "=" in plain or not all(33 <= ord(char) <= 126 for char in plain):
         raise ArgumentError(replies.bad_parameter(f"Bad xtext in {what}"))
-    return _XTEXT_HEX.sub(lambda match: chr(int(match.group(1), 16)), value)
+    decoded = _XTEXT_HEX.sub(lambda match: chr(int(match.group(1), 16)), value)
+    if not all(32 <= ord(char) <= 126 for char in decoded):
+        raise ArgumentError(replies.bad_parameter(f"Bad character in {what}"))
+    return decoded
 
 
 def apply_mail_parameters(transaction: Transaction, params: dict[str, str | None],

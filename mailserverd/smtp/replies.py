@@ -117,7 +117,7 @@ def chunk_received(size: int) -> Reply:
 
 def challenge(data: bytes) -> Reply:
     """334 SASL challenge, base64 (RFC 4954 §4); empty data is an empty text."""
-    return reply(334, "", base64.b64encode(data).decode("ascii") or " ")
+    return reply(334, "", base64.b64encode(data).decode("ascii"))
 
 
 def help_text(lines: list[str]) -> Reply:

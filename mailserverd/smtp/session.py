@@ -305,7 +305,8 @@ class SMTPSession:
     def _run(self) -> list[Action]:
         """Run buffered input until it runs out, a command waits or the session closes."""
         actions: list[Action] = []
-        while not self.closed and not self._waiting and self._input:
+        while not self.closed and not self._waiting and (
+                self._input or (self._reader is not None and self._reader.done)):  # BDAT 0
             if self._reader is not None:
                 actions += self._read_text()
             else:
@@ -337,6 +338,7 @@ class SMTPSession:
                 return None
             del self._input[:lf + 1]
             self._discarding = 0
+            self._line_reader = None  # RFC 4954 §4: a reply other than 334 ends an exchange
             actions += self._answer(replies.S500_LINE_TOO_LONG)
             return b""
         if lf < 0:
@@ -347,6 +349,7 @@ class SMTPSession:
         line = bytes(self._input[:lf + 1])
         del self._input[:lf + 1]
         if len(line) > line_max:
+            self._line_reader = None  # RFC 4954 §4: a reply other than 334 ends an exchange
             actions += self._answer(replies.S500_LINE_TOO_LONG)
             return b""
         return line

@@ -32,6 +32,9 @@ def server(dns_server):
 
 
 def make_checks(server, **overrides) -> InboundChecks:
+    """Checks against ``server``, without a DNS cache: tests change records between
+    lookups (the cache has its own tests in test_inbound_dns.py)."""
+    overrides.setdefault("dns_cache_entries", 0)
     settings = InboundSettings(AUTHSERV, ("127.0.0.1", server.port), 3.0, **overrides)
     return InboundChecks(settings)
 

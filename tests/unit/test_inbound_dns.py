@@ -113,3 +113,19 @@ def test_unreachable_resolver_is_a_temporary_error():
         port = sock.getsockname()[1]
         with pytest.raises(DNSTempError):
             BlockingResolver(("127.0.0.1", port), timeout=0.5).txt("example.test")
+
+
+def test_answers_are_cached_for_their_ttl_negative_ones_too(server):
+    server.add("cached.example.test", "TXT", '"v=spf1 -all"')
+    resolver = BlockingResolver(("127.0.0.1", server.port), 3.0, cache_entries=100)
+    assert resolver.txt("cached.example.test") == [b"v=spf1 -all"]
+    assert resolver.txt("missing.example.test") == []
+    assert resolver.records("cached.example.test", "A") == []
+    asked = server.queries
+    assert resolver.txt("cached.example.test") == [b"v=spf1 -all"]
+    assert resolver.txt("missing.example.test") == []
+    assert resolver.records("cached.example.test", "A") == []
+    assert server.queries == asked
+    uncached = BlockingResolver(("127.0.0.1", server.port), 3.0)
+    uncached.txt("cached.example.test")
+    assert server.queries == asked + 1

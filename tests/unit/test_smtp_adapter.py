@@ -130,9 +130,11 @@ def test_waiting_delivery_pauses_reading_and_the_idle_timer():
     protocol, transport = connect(make_ctx(delivery, clock, smtp_idle_timeout=300))
     protocol.dataReceived(b"HELO c\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<u@example.org>\r\nDATA\r\n")
     take(transport)
-    protocol.dataReceived(b"hello\r\n.\r\nNOOP\r\n")
-    assert transport.producerState == "paused"
+    protocol.dataReceived(b"hello\r\n.\r\n")
+    assert transport.producerState == "producing"  # a client waiting for its reply costs nothing
     assert clock.getDelayedCalls() == []  # the wait is ours: no idle timeout meanwhile
+    protocol.dataReceived(b"NOOP\r\n")  # pipelined meanwhile: stop reading until the reply
+    assert transport.producerState == "paused"
     assert take(transport) == b""
     waiting, result = delivery.pending.pop()
     waiting.callback(result)
