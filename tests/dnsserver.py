@@ -32,6 +32,9 @@ import dns.rdtypes.ANY.TXT
 import dns.rrset
 
 TTL = 60
+# Negative answers carry an SOA (RFC 2308 §3) as real servers' do, so that
+# resolvers can cache them for its minimum TTL. The root is an ancestor of any name.
+_NEGATIVE_SOA = dns.rrset.from_text(".", TTL, "IN", "SOA", f"ns.test. hostmaster.test. 1 {TTL} {TTL} {TTL} {TTL}")
 _QUOTED = re.compile(rb'"((?:[^"\\]|\\.)*)"')
 _ESCAPE = re.compile(rb"\\(\d{3}|.)")
 _MAX_CNAME_CHAIN = 8
@@ -187,12 +190,14 @@ class TestDNSServer:
             if types is None:
                 if name == qname:
                     response.set_rcode(dns.rcode.NXDOMAIN)
+                    response.authority.append(_NEGATIVE_SOA)  # RFC 2308 §3
                 return
             if rdtype in types:
                 response.answer.append(dns.rrset.from_rdata_list(name, TTL, types[rdtype]))
                 return
             cnames = types.get(dns.rdatatype.CNAME)
             if not cnames or rdtype == dns.rdatatype.CNAME:
+                response.authority.append(_NEGATIVE_SOA)  # NODATA, RFC 2308 §2.2
                 return
             response.answer.append(dns.rrset.from_rdata_list(name, TTL, cnames))
             name = cnames[0].target.canonicalize()
