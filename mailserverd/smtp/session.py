@@ -223,7 +223,8 @@ class SMTPSession:
     def deliver(self, transaction: Transaction, message: bytes) -> "Deferred[Reply]":
         """Hand a complete message to delivery; fires with the 250 after it is durable."""
         client = ClientInfo(helo=self.helo_name or "", ip=self.peer.ip,
-                            protocol=self._with_protocol(), tls=self.describe_tls(),
+                            protocol=self._with_protocol(),
+                            tls=self.describe_tls() if self.tls_active else "",
                             authenticated_user=self.authenticated_user)
         outcome = maybeDeferred(self.delivery.deliver, transaction.sender,
                                 list(transaction.recipients), list(transaction.users),

@@ -359,3 +359,30 @@ def test_spam_score_over_the_junk_threshold_goes_to_junk(checked_daemon):
     junk, = imap_messages(daemon, "alice@example.test", "Junk")
     assert b"X-Spam-Status: Yes, score=3.5 required=3.0" in junk
     assert junk.endswith(sloppy)
+
+
+def test_a_dkim_signed_message_verifies_through_the_daemon(checked_daemon):
+    import dkim as dkimpy
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    daemon, dns = checked_daemon
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+    public = base64.b64encode(key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+    dns.add("sel._domainkey.signed.test", "TXT", f'"v=DKIM1; k=rsa; p={public}"')
+    dns.add("_dmarc.signed.test", "TXT", '"v=DMARC1; p=reject"')
+    body = (b"From: a@signed.test\r\nTo: alice@example.test\r\nSubject: signed\r\n"
+            b"Date: Fri, 27 Nov 2026 10:00:00 +0000\r\nMessage-ID: <2@signed.test>\r\n\r\nsigned body\r\n")
+    signed = dkimpy.sign(body, b"sel", b"signed.test", private) + body
+    with smtplib.SMTP("127.0.0.1", daemon.ports["smtp"], timeout=30) as client:
+        client.ehlo("mail.signed.test")
+        # No SPF record for the bounce domain: DMARC passes through the aligned DKIM signature.
+        assert client.sendmail("bounce@signed.test", ["alice@example.test"], signed) == {}
+    stored, = imap_messages(daemon, "alice@example.test")
+    headers = header_block(stored).decode()
+    assert "dkim=pass header.d=signed.test header.s=sel" in headers
+    assert "dmarc=pass header.from=signed.test" in headers
+    assert stored.endswith(signed)
