@@ -130,6 +130,20 @@ def diagnostic_config(arguments) -> str:
     return tables
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process (all its threads) and its running child
+    processes (the store's parse workers) have used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                total += cpu_seconds(int(child))
+            except OSError:
+                pass  # it exited meanwhile
+    return total
+
+
 def report(label: str, rates: list[float]) -> float:
     median = statistics.median(rates)
     runs = ", ".join(f"{rate:.0f}" for rate in rates)
@@ -158,13 +172,17 @@ def run(arguments, workdir: Path) -> None:
               f"{arguments.messages} messages of {arguments.size} bytes payload over "
               f"{arguments.sessions} sessions ({'reused' if arguments.reuse else 'one per message'})")
 
-        ours, ceiling = [], []
+        ours, ceiling, cpu_per_message = [], [], []
         stored = inbox_count(daemon)
         for number in range(1, arguments.runs + 1):
+            cpu_before = cpu_seconds(daemon.proc.pid)
             accepted, elapsed, error = send(daemon.ports["smtp"], arguments)
+            cpu = cpu_seconds(daemon.proc.pid) - cpu_before
             now = inbox_count(daemon)
+            cpu_per_message.append(cpu / max(accepted, 1))
             print(f"run {number}: mailserverd MX  {accepted:6d} accepted in {elapsed:7.2f} s = "
-                  f"{accepted / elapsed:7.0f} messages/s; INBOX +{now - stored}")
+                  f"{accepted / elapsed:7.0f} messages/s; INBOX +{now - stored}; "
+                  f"daemon CPU {cpu / max(accepted, 1) * 1000:.2f} ms/message")
             if error:
                 print(f"  smtp-source stopped: {error}")
             if now - stored != accepted:
@@ -180,6 +198,12 @@ def run(arguments, workdir: Path) -> None:
         mine = report("mailserverd MX (durable)", ours)
         best = report("smtp-sink (no storage)", ceiling)
         print(f"mailserverd / smtp-sink: {mine / best:.0%} (target >= 50%)")
+        # What the machine can reach at all: every message costs this much CPU (all
+        # threads and the parse worker processes), whatever the parallelism.
+        per_message = statistics.median(cpu_per_message)
+        print(f"daemon CPU per message: median {per_message * 1000:.2f} ms "
+              f"(at most {os.cpu_count() / per_message:.0f} messages/s on {os.cpu_count()} cpus "
+              f"with nothing else running)")
         daemon.stop()
         if arguments.profile:
             print(f"\nprofile of the daemon's main thread ({arguments.profile}):")
