@@ -51,6 +51,8 @@ LIMIT_SPECS: tuple[LimitSpec, ...] = (
               "Time for one SPF evaluation with all its lookups (RFC 7208 §4.6.4: at least 20)."),
     LimitSpec("dns_cache_entries", 10000, 0, 10000000, "count",
               "DNS answers the inbound checks keep, each for its TTL (0: no cache)."),
+    LimitSpec("spf_cache_seconds", 60, 0, 3600, "seconds",
+              "How long an SPF result is reused for the same client, sender and HELO (0: never)."),
     LimitSpec("smtp_idle_timeout", 300, 10, 3600, "seconds",
               "Idle time before an SMTP session is closed (RFC 5321 §4.5.3.2.7: at least 5 minutes)."),
     LimitSpec("smtp_data_timeout", 600, 10, 3600, "seconds",
@@ -60,6 +62,9 @@ LIMIT_SPECS: tuple[LimitSpec, ...] = (
               "Longest IMAP command line (literals not counted); RFC 7162 §4 suggests 8192 at least."),
     LimitSpec("imap_literal_max", 50 * MIB, 1024, 2 * GIB, "bytes",
               "Largest literal in a command other than APPEND's message."),
+    LimitSpec("imap_append_bytes_max", 100 * MIB, 64 * KIB, 4 * GIB, "bytes",
+              "All messages of one APPEND together (RFC 3502 MULTIAPPEND; each is also "
+              "bounded by message_size_max)."),
     LimitSpec("imap_bad_commands_max", 20, 1, 1000, "count",
               "Malformed commands before the connection is closed."),
     LimitSpec("imap_idle_timeout", 1800, 60, 86400, "seconds",

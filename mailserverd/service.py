@@ -52,6 +52,7 @@ def inbound_settings(config: Config) -> InboundSettings:
         dkim_signatures_max=config.limits.dkim_signatures_max,
         spf_time_limit=float(config.limits.spf_check_timeout),
         dns_cache_entries=config.limits.dns_cache_entries,
+        spf_cache_seconds=float(config.limits.spf_cache_seconds),
     )
 
 

@@ -64,6 +64,7 @@ class InboundSettings:
     dkim_signatures_max: int = 8
     spf_time_limit: float = 20.0
     dns_cache_entries: int = 10000
+    spf_cache_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if self.dmarc_reject_action not in DMARC_REJECT_ACTIONS:
@@ -158,6 +159,8 @@ class InboundChecks:
         self._reactor = reactor
         self._resolver = BlockingResolver(settings.resolver, settings.dns_timeout,
                                           settings.dns_cache_entries)
+        self._spf = spf_check.SPFCache(settings.dns_cache_entries if settings.spf_cache_seconds else 0,
+                                       settings.spf_cache_seconds)
         self._pool = ThreadPool(minthreads=0, maxthreads=settings.pool_size, name="inbound-checks")
 
     def start(self) -> None:
@@ -198,7 +201,7 @@ class InboundChecks:
         if settings.spf:
             for identity in ("mailfrom", "helo") if envelope.mail_from else ("helo",):
                 fallback = spf_check.SPFResult("temperror", identity, "", "internal error")
-                jobs.append(("spf_" + identity, fallback, spf_check.check_identity, (
+                jobs.append(("spf_" + identity, fallback, self._spf.check, (
                     resolver, envelope.client_ip, identity, envelope.mail_from, envelope.helo,
                     settings.spf_time_limit)))
         if settings.dkim:

@@ -17,8 +17,10 @@ different pool threads each use their own resolver.
 from __future__ import annotations
 
 import ipaddress
+import collections
 import re
 import threading
+import time
 from dataclasses import dataclass
 
 import spf as pyspf
@@ -122,3 +124,43 @@ def check_identity(resolver: BlockingResolver, client_ip: str, identity: str,
     finally:
         _thread_state.resolver = None
     return SPFResult(str(result), identity, domain.rstrip(".").lower(), str(explanation))
+
+
+class SPFCache:
+    """Recent SPF results, for a message from the same host and sender as one
+    checked moments ago (a mailing list, a notification burst).
+
+    The inputs of an evaluation (client IP, identity, MAIL FROM, HELO) decide
+    its result, given the DNS; a result is reused for at most ``seconds``, a
+    short time against record TTLs of minutes to hours. pyspf is pure Python
+    and the costliest check per message; the cache spares it. Holds at most
+    ``entries`` results (oldest dropped first); thread-safe; 0 entries: off.
+    """
+
+    def __init__(self, entries: int, seconds: float, clock=None):
+        self._entries = entries
+        self._seconds = seconds
+        self._clock = clock or time.monotonic
+        self._results: "collections.OrderedDict[tuple, tuple[float, SPFResult]]" = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, resolver: BlockingResolver, client_ip: str, identity: str, mail_from: str,
+              helo: str, time_limit: float = SPF_CHECK_SECONDS) -> SPFResult:
+        """:func:`check_identity`, or its recent result for the same inputs.
+        Temporary errors are never kept."""
+        if not self._entries:
+            return check_identity(resolver, client_ip, identity, mail_from, helo, time_limit)
+        key = (client_ip, identity, mail_from.lower(), helo.lower())
+        now = self._clock()
+        with self._lock:
+            found = self._results.get(key)
+            if found is not None and found[0] > now:
+                return found[1]
+        result = check_identity(resolver, client_ip, identity, mail_from, helo, time_limit)
+        if result.result != "temperror":
+            with self._lock:
+                self._results[key] = (now + self._seconds, result)
+                self._results.move_to_end(key)
+                while len(self._results) > self._entries:
+                    self._results.popitem(last=False)
+        return result

@@ -129,3 +129,27 @@ def test_answers_are_cached_for_their_ttl_negative_ones_too(server):
     uncached = BlockingResolver(("127.0.0.1", server.port), 3.0)
     uncached.txt("cached.example.test")
     assert server.queries == asked + 1
+
+
+def test_spf_results_are_reused_briefly_and_temperrors_never(server):
+    from mailserverd.delivery.spf import SPFCache
+
+    now = [1000.0]
+    cache = SPFCache(100, 60, clock=lambda: now[0])
+    resolver = BlockingResolver(("127.0.0.1", server.port), 3.0)
+    server.add("spf.example.test", "TXT", '"v=spf1 ip4:192.0.2.1 -all"')
+    first = cache.check(resolver, "192.0.2.1", "mailfrom", "a@spf.example.test", "h.example.test")
+    asked = server.queries
+    again = cache.check(resolver, "192.0.2.1", "mailfrom", "A@SPF.example.test", "h.example.test")
+    assert (first.result, again.result, server.queries) == ("pass", "pass", asked)
+    other = cache.check(resolver, "192.0.2.9", "mailfrom", "a@spf.example.test", "h.example.test")
+    assert other.result == "fail" and server.queries > asked
+    now[0] += 61
+    asked = server.queries
+    cache.check(resolver, "192.0.2.1", "mailfrom", "a@spf.example.test", "h.example.test")
+    assert server.queries > asked  # expired: evaluated again
+    server.fail("broken.example.test")
+    for _ in range(2):
+        asked = server.queries
+        result = cache.check(resolver, "192.0.2.1", "mailfrom", "a@broken.example.test", "h.example.test")
+        assert result.result == "temperror" and server.queries > asked
