@@ -225,6 +225,8 @@ class CommandReader:
         if size <= NUMBER_MAX and self.literal_allowed(first_line, size, total):
             self._literal_total = total
             self._literal_pending = size
+            if size == 0:
+                self._segments.append(b"")  # nothing to wait for: the literal is here
             if synchronizing:
                 return ContinuationNeeded(size)
             return None
@@ -416,7 +418,10 @@ class ArgCursor:
             raise ParseError(f"Mailbox name is not valid modified UTF-7: {error}") from None
 
     def sequence_set(self) -> "SequenceSet":
-        """RFC 3501 §9 sequence-set (numbers checked against 2^32-1, 0 refused)."""
+        """RFC 3501 §9 sequence-set (numbers checked against 2^32-1, 0 refused),
+        or ``$`` (RFC 5182 §2.1, RFC 9051 §9 sequence-set)."""
+        if self.skip_byte(b"$"):
+            return SequenceSet((), saved=True)
         ranges: list[tuple[int | None, int | None]] = []
         while True:
             first = self._seq_number()
@@ -458,6 +463,9 @@ class SequenceSet:
     """
 
     ranges: tuple[tuple[int | None, int | None], ...]
+    #: ``$``, the saved search result (RFC 5182 §2.1); ``ranges`` is then empty and
+    #: the selected mailbox resolves it (SelectedMailbox.saved_search_uids).
+    saved: bool = False
 
     def bounds(self, star: int) -> Iterator[tuple[int, int]]:
         """Each range as ``(low, high)`` with ``*`` replaced by ``star``."""
@@ -467,8 +475,8 @@ class SequenceSet:
             yield (first, last) if first <= last else (last, first)
 
     def highest(self, star: int) -> int:
-        """The largest number the set names, ``*`` being ``star``."""
-        return max(high for _, high in self.bounds(star))
+        """The largest number the set names, ``*`` being ``star`` (0 for ``$``)."""
+        return max((high for _, high in self.bounds(star)), default=0)
 
 
 def read_tag(cursor: ArgCursor) -> bytes:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -26,7 +26,6 @@ from twisted.python.failure import Failure
 from mailserverd.errors import MailError
 from mailserverd.imap import responses
 from mailserverd.imap.commands import (
-    NOT_YET_BUILT,
     Command,
     CommandSpec,
     State,
@@ -44,13 +43,24 @@ from mailserverd.imap.parser import (
     read_command_name,
     read_tag,
 )
+from mailserverd.imap.commands.append import appendlimit_capability
+from mailserverd.imap.commands.authenticate import auth_capabilities
 from mailserverd.imap.responses import Completion
 from mailserverd.store.errors import StoreError
 
 log = Logger(namespace="mailserverd.imap")
 
-#: What the server implements, always (RFC 3501 §6.1.1; RFC 7888 LITERAL+).
-BASE_CAPABILITIES = ("IMAP4rev1", "LITERAL+")
+#: What the server implements, in every state (RFC 3501 §6.1.1). Only finished
+#: extensions are listed: LITERAL+ (RFC 7888), SASL-IR (4959), ID (2971), ENABLE
+#: (5161), IDLE (2177), NAMESPACE (2342), UNSELECT (3691), UIDPLUS (4315), MOVE
+#: (6851), CHILDREN (3348), LIST-EXTENDED (5258), LIST-STATUS (5819), SPECIAL-USE
+#: and CREATE-SPECIAL-USE (6154), STATUS=SIZE (8438), ESEARCH (4731), SEARCHRES
+#: (5182), MULTIAPPEND (3502); APPENDLIMIT=n (7889) and AUTH=... are added per session.
+BASE_CAPABILITIES = (
+    "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
+    "UIDPLUS", "MOVE", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE",
+    "CREATE-SPECIAL-USE", "STATUS=SIZE", "ESEARCH", "SEARCHRES", "MULTIAPPEND",
+)
 
 
 class SessionOutput(Protocol):
@@ -81,6 +91,8 @@ class SelectedMailbox:
     uidvalidity: int
     uidnext: int
     uids: list[int] = field(default_factory=list)
+    #: The saved search result ``$`` (RFC 9051 §6.4.4.1): UIDs, some perhaps expunged since.
+    saved_search_uids: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -98,6 +110,8 @@ class SelectedMailbox:
         Raises ParseError (tagged BAD) for a number above the message count,
         including ``*`` in an empty mailbox (RFC 3501 §9 seq-number).
         """
+        if seqset.saved:
+            return self._saved()
         count = len(self.uids)
         wanted: set[int] = set()
         for low, high in seqset.bounds(count):
@@ -113,6 +127,8 @@ class SelectedMailbox:
         last UID, or UIDNEXT in an empty mailbox (RFC 3501 §9), so ``n:*``
         always includes the last message.
         """
+        if seqset.saved:
+            return self._saved()
         star = self.uids[-1] if self.uids else self.uidnext
         indexes: set[int] = set()
         for low, high in seqset.bounds(star):
@@ -120,6 +136,12 @@ class SelectedMailbox:
             stop = bisect.bisect_right(self.uids, high)
             indexes.update(range(start, stop))
         return [(index + 1, self.uids[index]) for index in sorted(indexes)]
+
+
+    def _saved(self) -> list[tuple[int, int]]:
+        """``(seq, uid)`` of the saved result's messages still in the mailbox."""
+        found = ((self.seq_of(uid), uid) for uid in sorted(self.saved_search_uids))
+        return [(seq, uid) for seq, uid in found if seq is not None]
 
 
 class ImapSession:
@@ -143,6 +165,8 @@ class ImapSession:
         self.state = State.NOT_AUTHENTICATED
         self.user: str | None = None
         self.selected: SelectedMailbox | None = None
+        #: Extensions the client turned on with ENABLE (RFC 5161), upper-case.
+        self.enabled: set[str] = set()
         self.reader = CommandReader(self.limits.imap_line_max, self._literal_allowed)
         self.closed = False
         self._busy = False
@@ -152,6 +176,7 @@ class ImapSession:
         self._close_after_reply = False
         self._idle_timer = None
         self._unauth_timer = None
+        self._line_reader: Callable[[bytes], None] | None = None
 
     # ------------------------------------------------------------------
     # connection events
@@ -189,12 +214,18 @@ class ImapSession:
 
     def capabilities(self) -> list[str]:
         """The capabilities that work now (RFC 3501 §6.1.1, §6.2.3)."""
-        caps = list(BASE_CAPABILITIES)
+        caps = list(BASE_CAPABILITIES) + [appendlimit_capability(self.limits)]
+        caps += auth_capabilities(self)
         if not self.tls_active and self.state is State.NOT_AUTHENTICATED:
             caps.append("STARTTLS")
             if not self.login_allowed():
                 caps.append("LOGINDISABLED")  # RFC 3501 §6.2.3
         return caps
+
+    @property
+    def utf8_names(self) -> bool:
+        """Mailbox names go as UTF-8, not modified UTF-7 (RFC 9051 §5.1; RFC 6855 §3)."""
+        return "IMAP4REV2" in self.enabled or "UTF8=ACCEPT" in self.enabled
 
     def login_allowed(self) -> bool:
         """Whether passwords may be sent now: over TLS, or if plaintext is allowed."""
@@ -215,6 +246,23 @@ class ImapSession:
         if self._unauth_timer is not None and self._unauth_timer.active():
             self._unauth_timer.cancel()
         self._unauth_timer = None
+
+    def read_next_line(self, reader: Callable[[bytes], None]) -> None:
+        """Give the next input line (without its line end) to ``reader``
+        instead of running it as a command.
+
+        For a running command that reads lines which are not commands:
+        AUTHENTICATE's SASL responses (RFC 9051 §6.2.2) and IDLE's DONE
+        (RFC 2177). The claim is for one line; the command stays running (no
+        other command is taken) until its handler's Deferred fires. No
+        literal is accepted in a claimed line (none of these lines has one):
+        a line that ends in a literal marker is given to ``reader`` as it is,
+        and its literal's bytes are never read as a command. An over-long
+        line closes the connection as for a command.
+        """
+        self._line_reader = reader
+        if not self._pumping:
+            self._pump()  # the line may already be here
 
     def select(self, mailbox: SelectedMailbox) -> None:
         """Enter the selected state with ``mailbox``."""
@@ -261,8 +309,16 @@ class ImapSession:
 
         Nothing a client sends before authenticating needs a long literal
         (LOGIN's two strings), so an unauthenticated peer cannot make us
-        buffer megabytes.
+        buffer megabytes. APPEND's messages are bounded by message_size_max
+        each (RFC 7889 APPENDLIMIT) and imap_append_bytes_max together
+        (RFC 3502 MULTIAPPEND). A line claimed by :meth:`read_next_line`
+        takes no literal.
         """
+        if self._line_reader is not None:
+            return False
+        if self.state is not State.NOT_AUTHENTICATED and _is_append(first_line):
+            return (size <= self.limits.message_size_max
+                    and total <= self.limits.imap_append_bytes_max)
         limit = self.limits.imap_literal_max
         if self.state is State.NOT_AUTHENTICATED:
             limit = min(limit, self.limits.imap_line_max)
@@ -274,11 +330,13 @@ class ImapSession:
             return
         self._pumping = True
         try:
-            while not self._busy and not self.closed:
+            while not self.closed and (not self._busy or self._line_reader is not None):
                 event = self.reader.next_event()
                 if event is None:
                     break
-                if isinstance(event, FramedCommand):
+                if self._line_reader is not None and not isinstance(event, LineTooLong):
+                    self._claimed_line(event)
+                elif isinstance(event, FramedCommand):
                     self._execute(event)
                 elif isinstance(event, ContinuationNeeded):
                     self.send(responses.continuation("Ready for literal data"))
@@ -290,18 +348,43 @@ class ImapSession:
         finally:
             self._pumping = False
 
+    def _claimed_line(self, event: FramedCommand | LiteralRefused) -> None:
+        """Hand a line to the reader :meth:`read_next_line` registered.
+
+        The literal policy refuses every literal while a line is claimed, so
+        the event is a one-line command or a refused literal (whose first
+        line is the whole line; its bytes, if sent without waiting, close the
+        connection as for a command).
+        """
+        reader, self._line_reader = self._line_reader, None
+        if isinstance(event, LiteralRefused):
+            reader(event.first_line)
+            if event.client_did_not_wait:
+                self._close("Literal sent without waiting for continuation")
+            return
+        reader(event.segments[0])
+
     def _literal_refused(self, event: LiteralRefused) -> None:
-        """Answer a refused literal; close if the client sent it without waiting."""
+        """Answer a refused literal; close if the client sent it without waiting.
+
+        APPEND's message over the limits gets ``NO [TOOBIG]`` (RFC 7889 §4,
+        RFC 4469 §4.2): the command is fine, the message too big.
+        """
         try:
             tag = read_tag(ArgCursor((event.first_line,)))
         except ParseError:
             tag = b"*"
-        self.send(responses.tagged(tag, "BAD", "Literal too big", responses.TOOBIG))
+        too_big_message = _is_append(event.first_line)
+        if too_big_message:
+            self.send(responses.tagged(tag, "NO", "Message too big", responses.TOOBIG))
+        else:
+            self.send(responses.tagged(tag, "BAD", "Literal too big", responses.TOOBIG))
         if event.client_did_not_wait:
             # Its bytes are already here, and may be anything; never run them.
             self._close("Literal sent without waiting for continuation")
             return
-        self._count_bad()
+        if not too_big_message:
+            self._count_bad()
 
     def _execute(self, framed: FramedCommand) -> None:
         """Parse the command head, check the table and state, run the handler."""
@@ -320,10 +403,7 @@ class ImapSession:
             return
         spec = lookup(name)
         if spec is None:
-            if name in NOT_YET_BUILT:
-                self.send(responses.tagged(tag, "NO", f"{name} is not supported yet", responses.CANNOT))
-            else:
-                self._reply_bad(tag, "Unknown command")
+            self._reply_bad(tag, "Unknown command")
             return
         if self.state not in spec.states:
             self._reply_bad(tag, self._wrong_state_text(spec))
@@ -426,3 +506,13 @@ class ImapSession:
             if timer is not None and timer.active():
                 timer.cancel()
         self._idle_timer = self._unauth_timer = None
+
+
+def _is_append(first_line: bytes) -> bool:
+    """Whether a command's first line is an APPEND (its literals are messages)."""
+    cursor = ArgCursor((first_line,))
+    try:
+        read_tag(cursor)
+        return read_command_name(cursor) == "APPEND"
+    except ParseError:
+        return False

@@ -12,6 +12,13 @@ from mailserverd.imap.adapter import build_factory
 
 from imap_fakes import PASSWORD, USER, FakeAuthenticator, FakeMailStore, make_ctx
 
+from mailserverd.imap.session import BASE_CAPABILITIES  # noqa: E402
+from mailserverd.limits import Limits as _Limits  # noqa: E402
+
+#: The capabilities every session lists, and the AUTH= ones listed before login over TLS.
+CAPS = " ".join(BASE_CAPABILITIES).encode() + b" APPENDLIMIT=%d" % _Limits().message_size_max
+AUTH = b"AUTH=SCRAM-SHA-256 AUTH=PLAIN"
+
 
 class TLSStringTransport(StringTransport):
     """A StringTransport that records startTLS calls (it has no ITLSTransport of its own)."""
@@ -37,7 +44,7 @@ def connect(kind="imap", implicit_tls=False, **ctx_args):
 
 def test_greeting_and_a_command():
     protocol, transport = connect()
-    assert transport.value().startswith(b"* OK [CAPABILITY IMAP4rev1 LITERAL+ STARTTLS LOGINDISABLED] ")
+    assert transport.value().startswith(b"* OK [CAPABILITY " + CAPS + b" STARTTLS LOGINDISABLED] ")
     transport.clear()
     protocol.dataReceived(b"a NOOP\r\n")
     assert transport.value() == b"a OK NOOP completed\r\n"
@@ -50,7 +57,7 @@ def test_starttls_writes_ok_in_clear_then_starts_tls_and_drops_pipelined_bytes()
     assert transport.tls_started_with == [("tls-creator", b"a OK Begin TLS negotiation now\r\n")]
     transport.clear()
     protocol.dataReceived(b"c CAPABILITY\r\n")
-    assert transport.value() == b"* CAPABILITY IMAP4rev1 LITERAL+\r\nc OK Capability completed\r\n"
+    assert transport.value() == b"* CAPABILITY " + CAPS + b" " + AUTH + b"\r\nc OK Capability completed\r\n"
 
 
 def test_implicit_tls_listener_allows_login_at_once():

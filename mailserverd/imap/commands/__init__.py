@@ -79,6 +79,10 @@ class CommandSpec:
 def _table() -> dict[str, CommandSpec]:
     # Imported here: the handler modules use Command from this module.
     from mailserverd.imap.commands import capability, fetch, login, logout, noop, select, starttls
+    from mailserverd.imap.commands import create, delete, list as list_cmd, namespace, rename, status, subscribe
+    from mailserverd.imap.commands import check, close, copy, expunge, move, store, unselect
+    from mailserverd.imap.commands import search
+    from mailserverd.imap.commands import append, authenticate, enable, id as id_cmd, idle
 
     specs = (
         CommandSpec("CAPABILITY", capability.run, ANY),
@@ -91,20 +95,39 @@ def _table() -> dict[str, CommandSpec]:
         CommandSpec("FETCH", fetch.run, SELECTED, USES_SEQS),
         # UID commands may answer with EXPUNGEs (Dovecot marks them BREAKS_SEQS).
         CommandSpec("UID FETCH", fetch.run, SELECTED, BREAKS_SEQS),
+        # Mailbox commands (RFC 9051 §6.3); they use no sequence numbers.
+        CommandSpec("CREATE", create.run, AUTHENTICATED),
+        CommandSpec("DELETE", delete.run, AUTHENTICATED),
+        CommandSpec("RENAME", rename.run, AUTHENTICATED),
+        CommandSpec("SUBSCRIBE", subscribe.run_subscribe, AUTHENTICATED),
+        CommandSpec("UNSUBSCRIBE", subscribe.run_unsubscribe, AUTHENTICATED),
+        CommandSpec("LIST", list_cmd.run_list, AUTHENTICATED),
+        CommandSpec("LSUB", list_cmd.run_lsub, AUTHENTICATED),
+        CommandSpec("NAMESPACE", namespace.run, AUTHENTICATED),
+        CommandSpec("STATUS", status.run, AUTHENTICATED),
+        # Message commands (Dovecot's flags for cmd-store/copy/move/expunge/close).
+        CommandSpec("STORE", store.run, SELECTED, USES_SEQS),
+        CommandSpec("UID STORE", store.run, SELECTED, BREAKS_SEQS),
+        CommandSpec("COPY", copy.run, SELECTED, USES_SEQS),
+        CommandSpec("UID COPY", copy.run, SELECTED, BREAKS_SEQS),
+        CommandSpec("MOVE", move.run, SELECTED, USES_SEQS | BREAKS_SEQS),
+        CommandSpec("UID MOVE", move.run, SELECTED, BREAKS_SEQS),
+        CommandSpec("EXPUNGE", expunge.run, SELECTED, BREAKS_SEQS),
+        CommandSpec("UID EXPUNGE", expunge.run, SELECTED, BREAKS_SEQS),
+        CommandSpec("CLOSE", close.run, SELECTED, BREAKS_MAILBOX),
+        CommandSpec("UNSELECT", unselect.run, SELECTED, BREAKS_MAILBOX),
+        CommandSpec("CHECK", check.run, SELECTED, BREAKS_SEQS),
+        # RFC 9051 §6.4.4; UID SEARCH flagged like UID FETCH.
+        CommandSpec("SEARCH", search.run, SELECTED, USES_SEQS),
+        CommandSpec("UID SEARCH", search.run, SELECTED, BREAKS_SEQS),
+        CommandSpec("AUTHENTICATE", authenticate.run, NOT_AUTHENTICATED),
+        CommandSpec("ID", id_cmd.run, ANY),  # RFC 2971 §3.1: any state
+        # RFC 5161 §3.1, RFC 9051 §6.3.1: before any mailbox is selected.
+        CommandSpec("ENABLE", enable.run, frozenset({State.AUTHENTICATED})),
+        CommandSpec("APPEND", append.run, AUTHENTICATED, BREAKS_SEQS),
+        CommandSpec("IDLE", idle.run, AUTHENTICATED, BREAKS_SEQS),
     )
     return {spec.name: spec for spec in specs}
-
-
-#: Commands of IMAP4rev1 and its common extensions that are recognised but
-#: not built yet: answered ``NO`` (not ``BAD``) so that clients see a refusal,
-#: not a protocol error, and so that they do not count as bad commands.
-NOT_YET_BUILT: frozenset[str] = frozenset({
-    "AUTHENTICATE", "APPEND", "CHECK", "CLOSE", "COPY", "CREATE", "DELETE",
-    "ENABLE", "EXPUNGE", "ID", "IDLE", "LIST", "LSUB", "MOVE", "NAMESPACE",
-    "RENAME", "SEARCH", "STATUS", "STORE", "SUBSCRIBE", "UNSELECT",
-    "UNSUBSCRIBE", "UID COPY", "UID EXPUNGE", "UID MOVE", "UID SEARCH",
-    "UID STORE",
-})
 
 
 def lookup(name: str) -> CommandSpec | None:

@@ -1,0 +1,199 @@
+"""APPEND (RFC 3501 §6.3.11, RFC 9051 §6.3.12) with MULTIAPPEND (RFC 3502),
+APPENDUID (RFC 4315 §3) and APPENDLIMIT (RFC 7889).
+
+The message literals are framed and size-checked by the session's literal
+policy before their bytes are read (a literal over ``message_size_max`` is
+refused with ``NO [TOOBIG]`` and never sent); this module parses the
+arguments and stores the messages. Several messages in one command are stored
+all or nothing (RFC 3502 §3): the store has one transaction per message, so
+if any append fails the ones that succeeded are expunged again before the NO.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime
+import re
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+
+from mailserverd.imap import responses
+from mailserverd.imap.commands.copy import number_set
+from mailserverd.imap.commands.mailbox_names import read_mailbox_name
+from mailserverd.imap.parser import ArgCursor, ParseError
+from mailserverd.imap.responses import Completion
+from mailserverd.store.errors import NotFound, StoreError
+
+log = Logger(namespace="mailserverd.imap")
+
+#: RFC 3501 §2.3.2 system flags a client may set, by lower-case name.
+#: \Recent is not among them: only the server sets it (RFC 3501 §9 "flag"
+#: excludes it; RFC 9051 dropped it).
+SETTABLE_SYSTEM_FLAGS = {name.lower(): name for name in (
+    "\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")}
+
+#: RFC 7889 §2: the response code and text for a message over the limit.
+TOOBIG = responses.mail_error("NO", responses.TOOBIG, "Message too big")
+#: RFC 3501 §6.3.11: appending to a mailbox that does not exist.
+TRYCREATE = responses.mail_error("NO", "TRYCREATE", "Mailbox doesn't exist")
+
+_MONTHS = {name: number for number, name in enumerate(
+    (b"JAN", b"FEB", b"MAR", b"APR", b"MAY", b"JUN",
+     b"JUL", b"AUG", b"SEP", b"OCT", b"NOV", b"DEC"), start=1)}
+
+# RFC 3501 §9 date-time: DQUOTE date-day-fixed "-" date-month "-" date-year
+# SP time SP zone DQUOTE; date-day-fixed is (SP DIGIT) / 2DIGIT. One digit
+# without the space is accepted too (clients send it).
+_DATE_TIME = re.compile(
+    rb"( ?\d|\d\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)\Z")
+
+
+def appendlimit_capability(limits) -> str:
+    """The ``APPENDLIMIT=n`` capability (RFC 7889 §2 (a)): one limit for every mailbox."""
+    return f"APPENDLIMIT={limits.message_size_max}"
+
+
+@dataclass(frozen=True)
+class AppendMessage:
+    """One message of an APPEND: its bytes, flags and INTERNALDATE (unix seconds or None)."""
+
+    raw: bytes
+    flags: tuple[str, ...]
+    internaldate: int | None
+
+
+def run(session, command) -> Deferred:
+    """``APPEND SP mailbox 1*(append-opts SP literal)`` (RFC 3502 §6).
+
+    Fires with ``OK [APPENDUID uidvalidity uid-set]`` (RFC 4315 §3) after every
+    message is durably stored; if the mailbox is the selected one, the new
+    EXISTS is sent first (RFC 3501 §6.3.11). Raises ParseError (BAD) for bad
+    syntax or flags, MailError ``NO [TRYCREATE]`` for a missing mailbox,
+    ``NO [TOOBIG]`` for a message over ``message_size_max``; store errors
+    (quota, temporary) are mapped by the session. Nothing is stored when any
+    message fails.
+    """
+    args = command.args
+    args.expect_sp()
+    mailbox = read_mailbox_name(session, args)
+    messages = parse_messages(args)
+    limit = session.limits.message_size_max
+    for message in messages:
+        # The literal policy refuses these before they are sent; this is the
+        # check that holds whatever the policy.
+        if len(message.raw) > limit:
+            raise TOOBIG
+        if not message.raw:
+            raise responses.mail_error("NO", None, "Can't save an empty message")
+    store = session.ctx.store
+    try:
+        store.get_mailbox(session.user, mailbox)
+    except NotFound:
+        raise TRYCREATE from None
+    return Deferred.fromCoroutine(_store_all(session, mailbox, messages))
+
+
+def parse_messages(args: ArgCursor) -> list[AppendMessage]:
+    """The messages after the mailbox name: each ``SP [flag-list SP] [date-time SP] literal``.
+
+    Raises ParseError for anything else, including a ``~{n}`` literal8
+    (RFC 3516 BINARY is not offered).
+    """
+    messages = []
+    while True:
+        args.expect_sp()
+        flags: tuple[str, ...] = ()
+        internaldate = None
+        if args.peek() == 0x28:  # "("
+            flags = tuple(args.parenthesized(read_flag))
+            args.expect_sp()
+        if args.peek() == 0x22:  # DQUOTE
+            internaldate = parse_date_time(args.quoted())
+            args.expect_sp()
+        if args.peek() != 0x7B:  # "{"
+            raise ParseError("Expected the message as a literal")
+        messages.append(AppendMessage(args.literal(), flags, internaldate))
+        if args.at_end():
+            return messages
+
+
+def read_flag(args: ArgCursor) -> str:
+    """RFC 3501 §9 flag as APPEND takes it: a settable system flag or a keyword.
+
+    System flags come back in their canonical case. ``\\Recent`` and unknown
+    system flags are a ParseError (BAD), as Dovecot answers.
+    """
+    if args.skip_byte(b"\\"):
+        name = "\\" + args.atom().decode("ascii")
+        canonical = SETTABLE_SYSTEM_FLAGS.get(name.lower())
+        if canonical is None:
+            raise ParseError(f"Invalid system flag {name}")
+        return canonical
+    return args.atom().decode("ascii")
+
+
+def parse_date_time(text: bytes) -> int:
+    """RFC 3501 §9 date-time (without its quotes) as unix seconds; ParseError if invalid."""
+    match = _DATE_TIME.match(text)
+    month = _MONTHS.get(match.group(2).upper()) if match else None
+    if match is None or month is None:
+        raise ParseError("Invalid date-time")
+    day, _, year, hour, minute, second, sign, zone_hours, zone_minutes = match.groups()
+    try:
+        timestamp = calendar.timegm(_checked_fields(
+            int(year), month, int(day), int(hour), int(minute), int(second)))
+    except ValueError:
+        raise ParseError("Invalid date-time") from None
+    offset = (int(zone_hours) * 60 + int(zone_minutes)) * 60
+    timestamp -= offset if sign == b"+" else -offset
+    if timestamp < 0:
+        raise ParseError("Invalid date-time: before 1970")
+    return timestamp
+
+
+def _checked_fields(year: int, month: int, day: int, hour: int, minute: int, second: int) -> tuple:
+    """The fields as a time tuple; ValueError unless they name a real moment (60 s allowed)."""
+    datetime.datetime(year, month, day, hour, minute, min(second, 59))
+    if second > 60:
+        raise ValueError(second)
+    return (year, month, day, hour, minute, second, 0, 0, 0)
+
+
+async def _store_all(session, mailbox: str, messages: list[AppendMessage]) -> Completion:
+    """Append every message (in order, so their UIDs ascend); undo all if one fails."""
+    store = session.ctx.store
+    user = session.user
+    # Calls to one shard's writer are applied in call order: issuing them all
+    # at once lets one group commit serve the whole MULTIAPPEND.
+    pending = [store.append(user, mailbox, message.raw, message.flags, message.internaldate)
+               for message in messages]
+    outcomes = await DeferredList(pending, consumeErrors=True)
+    stored = [result for ok, result in outcomes if ok]
+    failures = [failure for ok, failure in outcomes if not ok]
+    if failures:
+        if stored:
+            try:
+                await _undo(store, user, stored)
+            except StoreError as error:
+                log.error("append-undo-failed user={user} uids={uids} error={error}",
+                          user=user, uids=[result.uid for result in stored],
+                          error=type(error).__name__)
+        failures[0].raiseException()
+    mailbox_id = stored[0].mailbox_id
+    selected = session.selected
+    if selected is not None and selected.mailbox_id == mailbox_id:
+        session.report_mailbox_changes()  # RFC 3501 §6.3.11: the new EXISTS
+    uids = number_set(result.uid for result in stored).decode("ascii")
+    code = f"APPENDUID {stored[0].uidvalidity} {uids}"
+    return Completion("Append completed", code)
+
+
+async def _undo(store, user: str, stored) -> None:
+    """RFC 3502 §3 all or nothing: expunge the messages already appended."""
+    mailbox_id = stored[0].mailbox_id
+    uids = [result.uid for result in stored]
+    await store.store_flags(user, mailbox_id, uids, "+", ["\\Deleted"])
+    await store.expunge(user, mailbox_id, uids)
+

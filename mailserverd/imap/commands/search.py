@@ -1,0 +1,162 @@
+"""SEARCH and UID SEARCH (RFC 3501 §6.4.4, RFC 9051 §6.4.4), with ESEARCH
+result options (RFC 4731), the saved result ``$`` (RFC 5182) and MODSEQ
+(RFC 7162 §3.1.5).
+
+The program is parsed and evaluated by :mod:`mailserverd.imap.search`; this
+module picks the messages of the session's view, and answers:
+
+- ``* SEARCH n ...`` for IMAP4rev1 without RETURN (RFC 3501 §7.2.5), with
+  ``(MODSEQ m)`` appended when the program used MODSEQ and found something;
+- ``* ESEARCH (TAG "t") [UID] ...`` when RETURN was given (RFC 4731 §3.1) or
+  the client enabled IMAP4rev2 (RFC 9051 §6.4.4: no RETURN means ALL).
+
+The saved result is kept as UIDs on the selected mailbox, so it follows the
+messages, not their numbers: expunged messages drop out of it by themselves,
+and a new SELECT/EXAMINE (a new SelectedMailbox) starts with it empty
+(RFC 9051 §6.4.4.1).
+"""
+
+from __future__ import annotations
+
+from mailserverd.imap import responses, search, wire
+from mailserverd.imap.responses import Completion
+from mailserverd.store.errors import StoreError
+
+#: RFC 9051 §6.4.4 / RFC 5530: the NO answer to an unsupported CHARSET.
+BADCHARSET = "BADCHARSET (" + " ".join(search.SUPPORTED_CHARSETS) + ")"
+
+def saved_uids(mailbox) -> tuple[int, ...]:
+    """The UIDs of the saved search result ``$`` of the selected ``mailbox``.
+
+    May hold UIDs expunged since: resolve them against the mailbox's map
+    (``mailbox.resolve_uids``-style), never use them as they are. Empty
+    after SELECT/EXAMINE and before any ``SEARCH RETURN (SAVE)``.
+    """
+    return mailbox.saved_search_uids
+
+
+def _save(mailbox, uids) -> None:
+    mailbox.saved_search_uids = tuple(uids)
+
+
+def run(session, command) -> Completion:
+    """``[UID] SEARCH [RETURN (opts)] [CHARSET c] keys``: one SEARCH or ESEARCH response.
+
+    Raises ParseError (BAD; ``$`` unchanged), MailError ``NO [BADCHARSET
+    (US-ASCII UTF-8)]`` for another charset, or a store error; a NO of a
+    command with SAVE empties ``$`` (RFC 9051 §6.4.4.1).
+    """
+    args = command.args
+    args.expect_sp()
+    mailbox = session.selected
+    try:
+        request = search.parse_search(args)
+    except search.UnsupportedCharset as refused:
+        if refused.options and "SAVE" in refused.options:
+            _save(mailbox, ())
+        raise responses.mail_error("NO", BADCHARSET, "Unsupported charset") from None
+    options = request.options
+    saving = options is not None and "SAVE" in options
+    try:
+        found = _run_search(session, mailbox, request.key)
+    except StoreError:
+        if saving:
+            _save(mailbox, ())
+        raise
+    numbers = [info.uid if command.uid else seq for seq, info in found]
+    modseqs = [info.modseq for _, info in found] if search.uses_modseq(request.key) else None
+    if options is None and "IMAP4REV2" in getattr(session, "enabled", ()):
+        options = frozenset({"ALL"})  # RFC 9051 §6.4.4: SEARCH answers with ESEARCH
+    if options is None:
+        session.send(_search_response(numbers, modseqs))
+        return Completion("Search completed")
+    if saving:
+        _save(mailbox, _saved_selection(options, [info.uid for _, info in found]))
+    if options - {"SAVE"}:
+        session.send(_esearch_response(command.tag, command.uid, options, numbers, modseqs))
+    return Completion("Search completed")
+
+
+def _run_search(session, mailbox, key) -> list:
+    """The ``(seq, MessageInfo)`` of the session's messages that ``key`` matches.
+
+    The session's sequence map decides which messages exist and their
+    numbers (RFC 3501 §7.4.1); one expunged by another session since is left
+    out (RFC 2180 §4.1.3 lets a server do either).
+    """
+    store = session.ctx.store
+    current = {info.uid: info for info in store.list_messages(session.user, mailbox.mailbox_id)}
+    messages = [(seq, current[uid]) for seq, uid in enumerate(mailbox.uids, 1) if uid in current]
+    scope = search.SearchScope(
+        store=store,
+        user=session.user,
+        count=len(mailbox.uids),
+        max_uid=mailbox.uids[-1] if mailbox.uids else 0,
+        saved_uids=frozenset(saved_uids(mailbox)),
+    )
+    return search.search_messages(key, messages, scope)
+
+
+def _saved_selection(options: frozenset[str], uids: list[int]) -> list[int]:
+    """What ``$`` holds after SAVE (RFC 9051 §6.4.4.1 table 4): with MIN/MAX
+    but neither ALL nor COUNT, only those messages; otherwise all found."""
+    if not uids or options & {"ALL", "COUNT"} or not options & {"MIN", "MAX"}:
+        return uids
+    chosen = []
+    if "MIN" in options:
+        chosen.append(uids[0])
+    if "MAX" in options and uids[-1] not in chosen:
+        chosen.append(uids[-1])
+    return chosen
+
+
+def _search_response(numbers: list[int], modseqs: list[int] | None) -> bytes:
+    """``* SEARCH n ...`` (RFC 3501 §7.2.5), ``(MODSEQ m)`` after a MODSEQ search (RFC 7162 §3.1.5)."""
+    line = b"SEARCH" + b"".join(b" %d" % number for number in numbers)
+    if modseqs:
+        line += b" (MODSEQ %d)" % max(modseqs)
+    return responses.untagged(line)
+
+
+def _esearch_response(tag: bytes, uid: bool, options: frozenset[str], numbers: list[int],
+                      modseqs: list[int] | None) -> bytes:
+    """``* ESEARCH (TAG "t") [UID] MIN a MAX b COUNT c ALL set [MODSEQ m]`` (RFC 4731 §3.1).
+
+    MIN, MAX and ALL are left out when nothing matched; COUNT never is. The
+    MODSEQ is of the messages returned: only MIN/MAX's when they are all that
+    is asked for (RFC 4731 §3.2).
+    """
+    line = b"ESEARCH (TAG " + wire.quoted(tag) + b")"
+    if uid:
+        line += b" UID"
+    returned: list[int] = []  # indexes into numbers whose modseq counts
+    if numbers:
+        if "MIN" in options:
+            line += b" MIN %d" % numbers[0]
+            returned.append(0)
+        if "MAX" in options:
+            line += b" MAX %d" % numbers[-1]
+            returned.append(len(numbers) - 1)
+    if "COUNT" in options:
+        line += b" COUNT %d" % len(numbers)
+    if numbers and "ALL" in options:
+        line += b" ALL " + compress_set(numbers)
+    if modseqs and numbers:
+        if options & {"ALL", "COUNT"} or not returned:
+            returned = list(range(len(numbers)))
+        line += b" MODSEQ %d" % max(modseqs[index] for index in returned)
+    return responses.untagged(line)
+
+
+def compress_set(numbers: list[int]) -> bytes:
+    """Ascending numbers as a sequence-set with ranges: ``[1, 2, 3, 5]`` -> ``1:3,5``."""
+    runs: list[bytes] = []
+    start = previous = numbers[0]
+    for number in numbers[1:]:
+        if number == previous + 1:
+            previous = number
+            continue
+        runs.append(b"%d" % start if start == previous else b"%d:%d" % (start, previous))
+        start = previous = number
+    runs.append(b"%d" % start if start == previous else b"%d:%d" % (start, previous))
+    return b",".join(runs)
