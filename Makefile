@@ -27,6 +27,7 @@ bench: setup
 	$(BIN)/python bench/store_bench.py
 	$(BIN)/python bench/pop3_retr.py
 	$(BIN)/python bench/smtp_accept.py
+	$(BIN)/python bench/imap_fetch.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -368,16 +368,35 @@ class ArgCursor:
         The marker must end its line (the reader framed it so); NUL is not a
         CHAR8 and is refused.
         """
-        line = self._line
-        match = _LITERAL_MARKER.match(line, self._pos)
-        if match is None or self._index + 1 >= len(self._segments):
-            raise ParseError("Expected a literal")
-        data = self._segments[self._index + 1]
+        data = self._literal_data(self._pos, "a literal")
         if b"\x00" in data:
             raise ParseError("NUL in literal")
         self._index += 2
         self._pos = 0
         return data
+
+    def literal8(self) -> bytes:
+        """RFC 4466 §4 / RFC 9051 §9 literal8: ``"~{" number ["+"] "}" CRLF *OCTET``.
+
+        Returns the data, which may hold any octet, NUL included (RFC 3516
+        §4.1). Used by APPEND's ``UTF8 (literal8)`` (RFC 6855 §4). The reader
+        frames a literal8 like a literal (its marker ends the line; the "~"
+        is the line's last byte before the marker).
+        """
+        if self.peek() != 0x7E:  # "~"
+            raise ParseError("Expected a literal8")
+        data = self._literal_data(self._pos + 1, "a literal8")
+        self._index += 2
+        self._pos = 0
+        return data
+
+    def _literal_data(self, marker_pos: int, what: str) -> bytes:
+        """The data of the literal whose marker starts at ``marker_pos`` (which
+        must end the line); ParseError naming ``what`` if there is none."""
+        match = _LITERAL_MARKER.match(self._line, marker_pos)
+        if match is None or self._index + 1 >= len(self._segments):
+            raise ParseError(f"Expected {what}")
+        return self._segments[self._index + 1]
 
     def string(self) -> bytes:
         """RFC 3501 §9 string: quoted / literal."""

@@ -39,6 +39,7 @@ __all__ = [
     "SearchRequest",
     "SearchScope",
     "parse_search",
+    "parse_search_keys",
     "search_messages",
     "matches",
     "decode_header_value",
@@ -249,12 +250,28 @@ def parse_search(args: ArgCursor) -> SearchRequest:
             raise UnsupportedCharset(charset, options)
         args.expect_sp()
         word = None
+    return SearchRequest(options, charset, _read_program(args, word))
+
+
+def parse_search_keys(args: ArgCursor) -> Key:
+    """Read ``search-key *(SP search-key)`` to the end of the command.
+
+    For commands whose search program follows their own arguments (SORT and
+    THREAD, RFC 5256 §5 search-criteria, after the charset). Returns the
+    program (an :class:`And` of the top-level keys). Raises ParseError as
+    :func:`parse_search` does.
+    """
+    return _read_program(args, None)
+
+
+def _read_program(args: ArgCursor, word: bytes | None) -> Key:
+    """The keys to the end of the command; ``word`` is the first key's name if read already."""
     reader = _ProgramReader(args)
     keys = [reader.key(word)]
     while not args.at_end():
         args.expect_sp()
         keys.append(reader.key())
-    return SearchRequest(options, charset, And(tuple(keys)))
+    return And(tuple(keys))
 
 
 def _word_if_letter(args: ArgCursor) -> bytes | None:

@@ -45,21 +45,28 @@ from mailserverd.imap.parser import (
 )
 from mailserverd.imap.commands.append import appendlimit_capability
 from mailserverd.imap.commands.authenticate import auth_capabilities
+from mailserverd.imap.commands.condstore import unsolicited_fetch
+from mailserverd.imap.commands.expunge import report_expunged
 from mailserverd.imap.responses import Completion
 from mailserverd.store.errors import StoreError
 
 log = Logger(namespace="mailserverd.imap")
 
-#: What the server implements, in every state (RFC 3501 §6.1.1). Only finished
-#: extensions are listed: LITERAL+ (RFC 7888), SASL-IR (4959), ID (2971), ENABLE
-#: (5161), IDLE (2177), NAMESPACE (2342), UNSELECT (3691), UIDPLUS (4315), MOVE
-#: (6851), CHILDREN (3348), LIST-EXTENDED (5258), LIST-STATUS (5819), SPECIAL-USE
-#: and CREATE-SPECIAL-USE (6154), STATUS=SIZE (8438), ESEARCH (4731), SEARCHRES
-#: (5182), MULTIAPPEND (3502); APPENDLIMIT=n (7889) and AUTH=... are added per session.
+#: What the server implements, in every state (RFC 3501 §6.1.1, RFC 9051 §6.1.1).
+#: Only finished extensions are listed: IMAP4rev2 (9051), UTF8=ACCEPT (6855),
+#: LITERAL+ (7888), SASL-IR (4959), ID (2971), ENABLE (5161), IDLE (2177),
+#: NAMESPACE (2342), UNSELECT (3691), UIDPLUS (4315), MOVE (6851), CHILDREN (3348),
+#: LIST-EXTENDED (5258), LIST-STATUS (5819), SPECIAL-USE and CREATE-SPECIAL-USE
+#: (6154), STATUS=SIZE (8438), ESEARCH (4731), SEARCHRES (5182), MULTIAPPEND
+#: (3502), CONDSTORE and QRESYNC (7162), SORT, SORT=DISPLAY (5256, 5957), THREAD
+#: (5256), QUOTA (9208), PREVIEW (8970), SAVEDATE (8514); APPENDLIMIT=n (7889)
+#: and AUTH=... are added per session.
 BASE_CAPABILITIES = (
-    "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
-    "UIDPLUS", "MOVE", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE",
-    "CREATE-SPECIAL-USE", "STATUS=SIZE", "ESEARCH", "SEARCHRES", "MULTIAPPEND",
+    "IMAP4rev1", "IMAP4rev2", "UTF8=ACCEPT", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE",
+    "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS",
+    "SPECIAL-USE", "CREATE-SPECIAL-USE", "STATUS=SIZE", "ESEARCH", "SEARCHRES", "MULTIAPPEND",
+    "CONDSTORE", "QRESYNC", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
+    "THREAD=REFERENCES", "QUOTA", "PREVIEW", "SAVEDATE",
 )
 
 
@@ -93,6 +100,14 @@ class SelectedMailbox:
     uids: list[int] = field(default_factory=list)
     #: The saved search result ``$`` (RFC 9051 §6.4.4.1): UIDs, some perhaps expunged since.
     saved_search_uids: tuple[int, ...] = ()
+    #: The mailbox's MODSEQ up to which changes were reported to the client
+    #: (RFC 7162 §3.1.2.1); the change log is read from here on.
+    highestmodseq: int = 0
+    #: UIDs expunged elsewhere whose EXPUNGE had to wait (RFC 3501 §7.4.1): still in ``uids``.
+    pending_expunged: set[int] = field(default_factory=set)
+    #: uid -> MODSEQ of flag changes this session's own responses already showed
+    #: (STORE, FETCH setting \Seen), so that they are not reported twice.
+    flags_shown: dict[int, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -137,6 +152,11 @@ class SelectedMailbox:
             indexes.update(range(start, stop))
         return [(index + 1, self.uids[index]) for index in sorted(indexes)]
 
+
+    def note_flags_shown(self, info) -> None:
+        """Record that a FETCH response already told the client ``info``'s flags and MODSEQ."""
+        if info.modseq > self.flags_shown.get(info.uid, 0):
+            self.flags_shown[info.uid] = info.modseq
 
     def _saved(self) -> list[tuple[int, int]]:
         """``(seq, uid)`` of the saved result's messages still in the mailbox."""
@@ -275,31 +295,48 @@ class ImapSession:
         if self.state is State.SELECTED:
             self.state = State.AUTHENTICATED
 
-    def report_mailbox_changes(self) -> None:
-        """Tell the client about messages added to or removed from the selected mailbox.
+    def report_mailbox_changes(self, expunges_allowed: bool = True) -> None:
+        """Tell the client what changed in the selected mailbox since it was last told.
 
-        Sends ``* n EXPUNGE`` for messages gone (highest first, so that no
-        renumbering is needed between them) and ``* n EXISTS`` when new ones
-        arrived (RFC 3501 §7.3.1, §7.4.1). Only called where EXPUNGE may be
-        sent (not during a command flagged USES_SEQS). The IMAP issue adds
-        flag changes (untagged FETCH) here from the change log.
+        Reads the store's change log after the MODSEQ last reported (so
+        other sessions', SMTP delivery's and POP3's changes alike) and sends,
+        in this order: the expunges (``* n EXPUNGE``, highest first, or ``*
+        VANISHED uids`` once QRESYNC is on, RFC 7162 §3.2.10.2), ``* n
+        EXISTS`` for new messages (RFC 3501 §7.3.1), and ``* n FETCH (FLAGS
+        ...)`` for flag changes of messages the client knows (RFC 3501
+        §7.4.2; UID and MODSEQ as :func:`condstore.unsolicited_fetch` says).
+
+        With ``expunges_allowed`` False (a command using sequence numbers is
+        running, RFC 3501 §7.4.1, RFC 9051 §7.5.1) expunges are held back,
+        the messages keep their numbers, and they are reported at the next
+        call that allows them. Raises a StoreError if the mailbox is gone.
         """
         mailbox = self.selected
         if mailbox is None:
             return
-        store = self.ctx.store
-        current = [info.uid for info in store.list_messages(self.user, mailbox.mailbox_id)]
-        present = set(current)
-        for seq in range(len(mailbox.uids), 0, -1):
-            if mailbox.uids[seq - 1] not in present:
-                del mailbox.uids[seq - 1]
-                self.send(responses.untagged(b"%d EXPUNGE" % seq))
+        changes = self.ctx.store.changes_since(self.user, mailbox.mailbox_id, mailbox.highestmodseq)
+        gone = mailbox.pending_expunged | {uid for uid in changes.vanished
+                                          if mailbox.seq_of(uid) is not None}
+        if expunges_allowed:
+            mailbox.pending_expunged = set()
+            report_expunged(self, gone)
+        else:
+            mailbox.pending_expunged = gone
         known_last = mailbox.uids[-1] if mailbox.uids else 0
-        added = [uid for uid in current if uid > known_last]
+        added = [info.uid for info in changes.changed if info.uid > known_last]
         if added:
             mailbox.uids.extend(added)
             mailbox.uidnext = max(mailbox.uidnext, added[-1] + 1)
             self.send(responses.untagged(b"%d EXISTS" % len(mailbox.uids)))
+        shown = mailbox.flags_shown
+        for info in changes.changed:
+            if info.uid > known_last or info.uid in gone or shown.get(info.uid, 0) >= info.modseq:
+                continue
+            seq = mailbox.seq_of(info.uid)
+            if seq is not None:
+                self.send(unsolicited_fetch(self, seq, info))
+        shown.clear()
+        mailbox.highestmodseq = max(mailbox.highestmodseq, changes.highestmodseq)
 
     # ------------------------------------------------------------------
     # input processing

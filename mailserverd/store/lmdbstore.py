@@ -346,6 +346,14 @@ class LMDBStore:
     def list_messages(self, user: str, mailbox_id: int) -> list[MessageInfo]:
         return self._shard_read(user, shard.list_messages, mailbox_id)
 
+    def list_uids(self, user: str, mailbox_id: int) -> list[int]:
+        """The mailbox's UIDs in order, without reading the messages (for SELECT). Extra."""
+        return self._shard_read(user, shard.list_uids, mailbox_id)
+
+    def first_unseen_uid(self, user: str, mailbox_id: int) -> int | None:
+        """The lowest UID without \\Seen, or None (SELECT's UNSEEN, RFC 3501 §6.3.1). Extra."""
+        return self._shard_read(user, shard.first_unseen_uid, mailbox_id)
+
     def get_message(self, user: str, mailbox_id: int, uid: int) -> MessageInfo:
         return self._shard_read(user, shard.get_message, mailbox_id, uid)
 

@@ -25,6 +25,13 @@ def _seen_count(flags) -> int:
     return 1 if shard.SEEN in flags else 0
 
 
+def _note_keywords(mailbox: MailboxRecord, flags) -> None:
+    """Add the keywords (flags without a backslash) of ``flags`` the mailbox has not had."""
+    for flag in sorted(flags):
+        if not flag.startswith("\\") and flag not in mailbox.keywords:
+            mailbox.keywords.append(flag)
+
+
 def _insert(w, user_id: int, mailbox_id: int, mailbox: MailboxRecord, flags: frozenset[str],
             internaldate: int, size: int, blob_id: bytes, modseq: int) -> MessageInfo:
     """Add a message with the mailbox's next UID and count it in the mailbox (not the account)."""
@@ -39,6 +46,7 @@ def _insert(w, user_id: int, mailbox_id: int, mailbox: MailboxRecord, flags: fro
     mailbox.unseen += 1 - _seen_count(flags)
     mailbox.size += size
     mailbox.highestmodseq = modseq
+    _note_keywords(mailbox, flags)
     return message
 
 
@@ -234,6 +242,7 @@ def store_flags(w, user_id: int, mailbox_id: int, uids, mode: str, flags: frozen
                               modseq=seq, blob_id=message.blob_id)
         shard.put_message(w, user_id, mailbox_id, updated)
         mailbox.unseen += _seen_count(message.flags) - _seen_count(updated.flags)
+        _note_keywords(mailbox, updated.flags)
         changed.append(updated)
     if seq is not None:
         mailbox.highestmodseq = seq

@@ -23,7 +23,7 @@ Change-log record ``data`` per kind (all names are str, ids int):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgpack
 
@@ -154,6 +154,9 @@ class MailboxRecord:
     unseen: int
     size: int
     special_use: str | None
+    #: Every keyword a message of the mailbox has had (for IMAP's FLAGS, RFC 9051
+    #: §7.3.5), in the order first seen; never shrinks, like Dovecot's keyword list.
+    keywords: list[str] = field(default_factory=list)
 
     def info(self, mailbox_id: int, subscribed: bool) -> MailboxInfo:
         """The public view of this record."""
@@ -162,6 +165,7 @@ class MailboxRecord:
             uidnext=self.uidnext, highestmodseq=self.highestmodseq,
             messages=self.messages, unseen=self.unseen, size=self.size,
             subscribed=subscribed, special_use=self.special_use,
+            keywords=tuple(self.keywords),
         )
 
 
@@ -175,6 +179,7 @@ def encode_mailbox(mailbox: MailboxRecord) -> bytes:
         "unseen": mailbox.unseen,
         "size": mailbox.size,
         "special_use": mailbox.special_use,
+        "keywords": mailbox.keywords,
     })
 
 
@@ -183,6 +188,7 @@ def decode_mailbox(data: bytes) -> MailboxRecord:
     return MailboxRecord(
         doc["name"], doc["uidvalidity"], doc["uidnext"], doc["highestmodseq"],
         doc["messages"], doc["unseen"], doc["size"], doc["special_use"],
+        list(doc.get("keywords", ())),  # absent in records written before keywords were kept
     )
 
 

@@ -179,6 +179,51 @@ def list_messages(txn, dbs, user_id: int, mailbox_id: int) -> list[MessageInfo]:
             for key, value in _scan(txn, dbs["messages"], keys.mailbox_prefix(user_id, mailbox_id))]
 
 
+def list_uids(txn, dbs, user_id: int, mailbox_id: int) -> list[int]:
+    """The mailbox's UIDs in order, from the keys alone (no record is decoded)."""
+    prefix = keys.mailbox_prefix(user_id, mailbox_id)
+    cursor = txn.cursor(db=dbs["messages"])
+    if not cursor.set_range(prefix):
+        return []
+    uids = []
+    for key in cursor.iternext(keys=True, values=False):
+        if not key.startswith(prefix):
+            break
+        uids.append(keys.uid_from_message_key(key))
+    return uids
+
+
+def first_unseen_uid(txn, dbs, user_id: int, mailbox_id: int) -> int | None:
+    """The lowest UID without \\Seen, or None.
+
+    Walks back from the newest message until it has met as many unseen
+    messages as the mailbox counts: new mail is unseen and at the end, so
+    this reads few records in the usual case (and all in the worst).
+    """
+    mailbox = require_mailbox(txn, dbs, user_id, mailbox_id)
+    remaining = mailbox.unseen
+    if remaining <= 0:
+        return None
+    prefix = keys.mailbox_prefix(user_id, mailbox_id)
+    cursor = txn.cursor(db=dbs["messages"])
+    if not cursor.set_range(keys.mailbox_prefix(user_id, mailbox_id + 1)):
+        if not cursor.last():
+            return None
+    elif not cursor.prev():
+        return None
+    found = None
+    for key, value in cursor.iterprev():
+        if not key.startswith(prefix):
+            break
+        uid = keys.uid_from_message_key(key)
+        if SEEN not in records.decode_message(uid, value).flags:
+            found = uid
+            remaining -= 1
+            if remaining == 0:
+                break
+    return found
+
+
 def find_message(txn, dbs, user_id: int, mailbox_id: int, uid: int) -> MessageInfo | None:
     if not 0 < uid <= keys.UID_MAX:
         return None

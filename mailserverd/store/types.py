@@ -75,6 +75,7 @@ class MailboxInfo:
     size: int
     subscribed: bool
     special_use: str | None
+    keywords: tuple[str, ...] = ()  # every keyword its messages have had (IMAP FLAGS)
 
 
 @dataclass(frozen=True)

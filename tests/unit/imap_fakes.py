@@ -82,12 +82,20 @@ class FakeMailStore:
         self.calls.append(("get_mailbox", user, name))
         box = self._box(user, name)
         messages = box["messages"]
+        keywords = sorted({flag for m in messages for flag in m.flags if not flag.startswith("\\")})
         return MailboxInfo(box["id"], box["name"], box["uidvalidity"], box["uidnext"], 1,
                            len(messages), sum("\\Seen" not in m.flags for m in messages),
-                           sum(m.size for m in messages), True, None)
+                           sum(m.size for m in messages), True, None, tuple(keywords))
 
     def list_messages(self, user: str, mailbox_id: int) -> list[MessageInfo]:
         return list(self._box_by_id(user, mailbox_id)["messages"])
+
+    def list_uids(self, user: str, mailbox_id: int) -> list[int]:
+        return [m.uid for m in self._box_by_id(user, mailbox_id)["messages"]]
+
+    def first_unseen_uid(self, user: str, mailbox_id: int) -> int | None:
+        return next((m.uid for m in self._box_by_id(user, mailbox_id)["messages"]
+                     if "\\Seen" not in m.flags), None)
 
     def get_message(self, user: str, mailbox_id: int, uid: int) -> MessageInfo:
         for info in self._box_by_id(user, mailbox_id)["messages"]:

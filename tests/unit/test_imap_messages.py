@@ -3,26 +3,19 @@ transcripts against the sans-I/O session, over the real LMDB store."""
 
 from __future__ import annotations
 
-import re
 
 import pytest
 import pytest_twisted
 from hypothesis import given, settings, strategies as st
-from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
-from twisted.internet.task import deferLater
 
 from mailserverd.imap.commands.copy import number_set
 from mailserverd.imap.commands.store import parse_store
 from mailserverd.imap.parser import ArgCursor, ParseError
-from mailserverd.imap.session import ImapSession
 from mailserverd.limits import MIB, Limits
 
-from imap_fakes import RecordingOutput
-from imap_real_store import USER, open_store
-from session_fakes import FakeAuthenticator, make_context
+from imap_real_store import USER, RealStoreClient, open_store
 
-PASSWORD = "alice secret"
 LIMITS = Limits(store_map_size=32 * MIB)
 
 
@@ -35,30 +28,11 @@ def store(tmp_path):
     yield from open_store(tmp_path, LIMITS)
 
 
-class Client:
-    """An ImapSession on the real store; ``await c.cmd(b"a NOOP")`` returns the reply bytes."""
-
-    def __init__(self, store):
-        self.store = store
-        self.out = RecordingOutput()
-        ctx = make_context(store, FakeAuthenticator({USER: PASSWORD}))
-        self.session = ImapSession(ctx, self.out, client_ip="192.0.2.7", tls_active=True)
-        self.session.start()
-        self.out.take()
-
-    async def cmd(self, line: bytes) -> bytes:
-        tag = re.escape(line.split(b" ", 1)[0])
-        done = re.compile(rb"(?:\A|\r\n)" + tag + rb" (?:OK|NO|BAD)[^\r\n]*\r\n\Z")
-        self.session.data_received(line + b"\r\n")
-        for _ in range(5000):  # a generous deadline (~5 s of reactor turns)
-            if done.search(bytes(self.out.data)):
-                return self.out.take()
-            await deferLater(reactor, 0.001, lambda: None)
-        raise AssertionError(f"no tagged reply to {line!r}: {bytes(self.out.data)!r}")
+class Client(RealStoreClient):
+    """The shared real-store client, with a SELECT for these tests."""
 
     async def select(self, name: bytes = b"INBOX", verb: bytes = b"SELECT") -> bytes:
-        reply = await self.cmd(b'L LOGIN ' + USER.encode() + b' "' + PASSWORD.encode() + b'"')
-        assert b"L OK" in reply, reply
+        await self.login()
         reply = await self.cmd(b"S " + verb + b" " + name)
         assert b"S OK" in reply, reply
         return reply

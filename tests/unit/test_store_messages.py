@@ -353,3 +353,23 @@ async def test_quota_exact_boundary(store):
     assert moved.dest_uids == (1,)
     await store.set_quota(USER, 0)  # unlimited
     await store.append(USER, "INBOX", b"w" * 1000)
+
+
+@pytest_twisted.inlineCallbacks
+def test_uids_first_unseen_and_keywords_without_reading_every_message(store):
+    """SELECT's needs: UIDs from the keys, the first unseen message, the keyword list."""
+    for number in range(6):
+        flags = ["\\Seen"] if number in (0, 1, 3) else []
+        yield store.append(USER, "INBOX", b"Subject: %d\r\n\r\nx\r\n" % number, flags + (["$Work"] if number == 2 else []))
+    box = store.get_mailbox(USER, "INBOX")
+    assert store.list_uids(USER, box.mailbox_id) == [1, 2, 3, 4, 5, 6]
+    assert store.first_unseen_uid(USER, box.mailbox_id) == 3
+    assert box.keywords == ("$Work",)
+    yield store.store_flags(USER, box.mailbox_id, [3, 5, 6], "+", ["\\Seen", "Later"])
+    assert store.first_unseen_uid(USER, box.mailbox_id) is None and store.get_mailbox(USER, "INBOX").unseen == 0
+    yield store.store_flags(USER, box.mailbox_id, [2], "-", ["\\Seen"])
+    assert store.first_unseen_uid(USER, box.mailbox_id) == 2
+    assert store.get_mailbox(USER, "INBOX").keywords == ("$Work", "Later")
+    yield store.expunge(USER, box.mailbox_id, None)
+    other = store.get_mailbox(USER, "Trash")
+    assert store.list_uids(USER, other.mailbox_id) == [] and store.first_unseen_uid(USER, other.mailbox_id) is None

@@ -83,6 +83,7 @@ def _table() -> dict[str, CommandSpec]:
     from mailserverd.imap.commands import check, close, copy, expunge, move, store, unselect
     from mailserverd.imap.commands import search
     from mailserverd.imap.commands import append, authenticate, enable, id as id_cmd, idle
+    from mailserverd.imap.commands import quota, sort, thread
 
     specs = (
         CommandSpec("CAPABILITY", capability.run, ANY),
@@ -126,6 +127,15 @@ def _table() -> dict[str, CommandSpec]:
         CommandSpec("ENABLE", enable.run, frozenset({State.AUTHENTICATED})),
         CommandSpec("APPEND", append.run, AUTHENTICATED, BREAKS_SEQS),
         CommandSpec("IDLE", idle.run, AUTHENTICATED, BREAKS_SEQS),
+        # RFC 5256 §3: like SEARCH, no EXPUNGE during SORT/THREAD, allowed during the UID forms.
+        CommandSpec("SORT", sort.run, SELECTED, USES_SEQS),
+        CommandSpec("UID SORT", sort.run, SELECTED, BREAKS_SEQS),
+        CommandSpec("THREAD", thread.run, SELECTED, USES_SEQS),
+        CommandSpec("UID THREAD", thread.run, SELECTED, BREAKS_SEQS),
+        # RFC 9208 §4.1: quota commands, authenticated or selected.
+        CommandSpec("GETQUOTA", quota.run_getquota, AUTHENTICATED),
+        CommandSpec("GETQUOTAROOT", quota.run_getquotaroot, AUTHENTICATED),
+        CommandSpec("SETQUOTA", quota.run_setquota, AUTHENTICATED),
     )
     return {spec.name: spec for spec in specs}
 

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 
 from mailserverd.imap import responses
 from mailserverd.imap.commands.copy import number_set
+from mailserverd.imap.commands.imap4rev2 import has_8bit_header, utf8_headers_allowed
 from mailserverd.imap.commands.mailbox_names import read_mailbox_name
 from mailserverd.imap.parser import ArgCursor, ParseError
 from mailserverd.imap.responses import Completion
@@ -38,6 +39,9 @@ SETTABLE_SYSTEM_FLAGS = {name.lower(): name for name in (
 TOOBIG = responses.mail_error("NO", responses.TOOBIG, "Message too big")
 #: RFC 3501 §6.3.11: appending to a mailbox that does not exist.
 TRYCREATE = responses.mail_error("NO", "TRYCREATE", "Mailbox doesn't exist")
+#: RFC 6855 §4: UTF-8 header fields from a client that has not enabled UTF8=ACCEPT.
+UTF8_HEADERS_REFUSED = responses.mail_error(
+    "NO", responses.CANNOT, "8-bit header fields need ENABLE UTF8=ACCEPT")
 
 _MONTHS = {name: number for number, name in enumerate(
     (b"JAN", b"FEB", b"MAR", b"APR", b"MAY", b"JUN",
@@ -71,9 +75,11 @@ def run(session, command) -> Deferred:
     message is durably stored; if the mailbox is the selected one, the new
     EXISTS is sent first (RFC 3501 §6.3.11). Raises ParseError (BAD) for bad
     syntax or flags, MailError ``NO [TRYCREATE]`` for a missing mailbox,
-    ``NO [TOOBIG]`` for a message over ``message_size_max``; store errors
-    (quota, temporary) are mapped by the session. Nothing is stored when any
-    message fails.
+    ``NO [TOOBIG]`` for a message over ``message_size_max``, ``NO [CANNOT]``
+    for 8-bit header fields unless the client enabled UTF8=ACCEPT or
+    IMAP4rev2 (RFC 6855 §4, RFC 9051 §6.3.12); store errors (quota,
+    temporary) are mapped by the session. Nothing is stored when any message
+    fails.
     """
     args = command.args
     args.expect_sp()
@@ -87,6 +93,8 @@ def run(session, command) -> Deferred:
             raise TOOBIG
         if not message.raw:
             raise responses.mail_error("NO", None, "Can't save an empty message")
+        if not utf8_headers_allowed(session) and has_8bit_header(message.raw):
+            raise UTF8_HEADERS_REFUSED
     store = session.ctx.store
     try:
         store.get_mailbox(session.user, mailbox)
@@ -96,10 +104,12 @@ def run(session, command) -> Deferred:
 
 
 def parse_messages(args: ArgCursor) -> list[AppendMessage]:
-    """The messages after the mailbox name: each ``SP [flag-list SP] [date-time SP] literal``.
+    """The messages after the mailbox name: each ``SP [flag-list SP] [date-time SP]
+    (literal / "UTF8" SP "(" literal8 ")")`` (RFC 6855 §4 utf8-literal).
 
-    Raises ParseError for anything else, including a ``~{n}`` literal8
-    (RFC 3516 BINARY is not offered).
+    Raises ParseError for anything else, including a bare ``~{n}`` literal8
+    (the APPEND side of RFC 3516 BINARY is not offered; RFC 9051 took only
+    its FETCH side, Appendix E item 2).
     """
     messages = []
     while True:
@@ -112,11 +122,22 @@ def parse_messages(args: ArgCursor) -> list[AppendMessage]:
         if args.peek() == 0x22:  # DQUOTE
             internaldate = parse_date_time(args.quoted())
             args.expect_sp()
-        if args.peek() != 0x7B:  # "{"
-            raise ParseError("Expected the message as a literal")
-        messages.append(AppendMessage(args.literal(), flags, internaldate))
+        messages.append(AppendMessage(_read_message_data(args), flags, internaldate))
         if args.at_end():
             return messages
+
+
+def _read_message_data(args: ArgCursor) -> bytes:
+    """``literal / "UTF8" SP "(" literal8 ")"``: the message's bytes (RFC 6855 §4)."""
+    if args.peek() == 0x7B:  # "{"
+        return args.literal()
+    if args.peek() in (0x55, 0x75) and args.atom().upper() == b"UTF8":  # "U" / "u"
+        args.expect_sp()
+        args.expect_byte(b"(", "'(' before the UTF8 literal8")
+        data = args.literal8()
+        args.expect_byte(b")", "')' after the UTF8 literal8")
+        return data
+    raise ParseError("Expected the message as a literal")
 
 
 def read_flag(args: ArgCursor) -> str:

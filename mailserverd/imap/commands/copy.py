@@ -13,6 +13,7 @@ from typing import Iterable
 from twisted.internet.defer import Deferred
 
 from mailserverd.imap import responses
+from mailserverd.imap.commands.mailbox_names import read_mailbox_name
 from mailserverd.imap.responses import Completion
 from mailserverd.store.errors import Expunged, NotFound
 
@@ -45,16 +46,17 @@ def _range(first: int, last: int) -> bytes:
     return b"%d" % first if first == last else b"%d:%d" % (first, last)
 
 
-def parse_set_and_mailbox(command):
+def parse_set_and_mailbox(session, command):
     """Read ``SP sequence-set SP mailbox`` and the end of the command.
 
-    Returns ``(seqset, destination)``; raises ParseError (BAD) for bad syntax.
+    Returns ``(seqset, destination)``; the name is UTF-8 or modified UTF-7 as
+    the session has it (RFC 9051 §5.1). Raises ParseError (BAD) for bad syntax.
     """
     args = command.args
     args.expect_sp()
     seqset = args.sequence_set()
     args.expect_sp()
-    destination = args.mailbox()
+    destination = read_mailbox_name(session, args)
     args.expect_end()
     return seqset, destination
 
@@ -135,7 +137,7 @@ def run(session, command) -> Completion | Deferred:
     ``NO [OVERQUOTA]`` and other store errors mapped. UID COPY may report
     other sessions' changes after it (BREAKS_SEQS); COPY does not.
     """
-    seqset, destination = parse_set_and_mailbox(command)
+    seqset, destination = parse_set_and_mailbox(session, command)
     uids = transfer_uids(session, command, seqset, destination)
     copying = session.ctx.store.copy(session.user, session.selected.mailbox_id, uids, destination)
 

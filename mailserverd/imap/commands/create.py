@@ -7,16 +7,10 @@
 from __future__ import annotations
 
 import re
-import unicodedata
 
 from mailserverd.errors import MailError
-from mailserverd.imap import responses
-from mailserverd.imap.commands.mailbox_names import (
-    DELIMITER,
-    encode_name,
-    read_mailbox_name,
-    utf8_names,
-)
+from mailserverd.imap.commands.imap4rev2 import check_net_unicode, oldname_list_response
+from mailserverd.imap.commands.mailbox_names import read_mailbox_name_as_sent
 from mailserverd.imap.parser import ArgCursor, ParseError
 from mailserverd.imap.responses import Completion
 
@@ -85,22 +79,21 @@ def run(session, command):
     Store errors: AlreadyExists -> ``NO [ALREADYEXISTS]`` (also for INBOX),
     InvalidName -> ``NO [CANNOT]``, LimitExceeded -> ``NO [LIMIT]``.
     In a UTF-8 session a name that is not NFC is created in NFC and an
-    untagged LIST with OLDNAME says so (RFC 9051 §6.3.4, §6.3.9.7).
+    untagged LIST with OLDNAME says so (RFC 9051 §6.3.4, §6.3.9.7). A name
+    that is not Net-Unicode (control characters) is ``NO [CANNOT]``
+    (RFC 9051 §5.1, RFC 6855 §3).
     """
     args = command.args
     args.expect_sp()
-    name = read_mailbox_name(session, args)
+    name, supplied = read_mailbox_name_as_sent(session, args)
     special_use = special_use_of(read_create_params(args))
     args.expect_end()
-    supplied = name
-    if utf8_names(session):
-        name = unicodedata.normalize("NFC", name)  # RFC 9051 §5.1 Net-Unicode
+    check_net_unicode(name)
 
     def created(info):
-        if name != supplied:
-            session.send(responses.untagged(
-                b"LIST () " + DELIMITER + b" " + encode_name(session, info.name)
-                + b' ("OLDNAME" (' + encode_name(session, supplied) + b"))"))
+        announcement = oldname_list_response(session, info.name, supplied)
+        if announcement:
+            session.send(announcement)
         return Completion("CREATE completed")
 
     return session.ctx.store.create_mailbox(session.user, name, special_use).addCallback(created)

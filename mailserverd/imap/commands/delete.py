@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mailserverd.imap.commands.mailbox_names import read_mailbox_name
+from mailserverd.imap.commands.imap4rev2 import oldname_list_response
+from mailserverd.imap.commands.mailbox_names import read_mailbox_name_as_sent
 from mailserverd.imap.responses import Completion
 
 __all__ = ["run"]
@@ -20,10 +21,19 @@ def run(session, command):
     A session that has the deleted mailbox selected sees its messages
     expunged at its next mailbox-change report (as for a delete by another
     session).
+
+    In a UTF-8 session a denormalized name deletes its NFC form, announced
+    with ``\\NonExistent`` and OLDNAME (RFC 9051 §6.3.5, §6.3.9.7).
     """
     args = command.args
     args.expect_sp()
-    name = read_mailbox_name(session, args)
+    name, supplied = read_mailbox_name_as_sent(session, args)
     args.expect_end()
-    deleted = session.ctx.store.delete_mailbox(session.user, name)
-    return deleted.addCallback(lambda _: Completion("DELETE completed"))
+
+    def deleted(_):
+        announcement = oldname_list_response(session, name, supplied, nonexistent=True)
+        if announcement:
+            session.send(announcement)
+        return Completion("DELETE completed")
+
+    return session.ctx.store.delete_mailbox(session.user, name).addCallback(deleted)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from twisted.internet.defer import Deferred
 
 from mailserverd.imap import responses, wire
+from mailserverd.imap.commands import condstore, fetch_items
+from mailserverd.imap.commands.expunge import extension_enabled
 from mailserverd.imap.parser import ArgCursor, ParseError
 from mailserverd.imap.responses import Completion
 from mailserverd.mail import sections
@@ -32,7 +34,7 @@ _MACROS = {
     b"FULL": (b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY"),
 }
 _SIMPLE = frozenset({b"FLAGS", b"UID", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE",
-                     b"BODY", b"BODYSTRUCTURE"})
+                     b"BODY", b"BODYSTRUCTURE", b"MODSEQ"})
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -93,6 +95,8 @@ def _parse_att(args: ArgCursor, name: bytes | None = None) -> FetchItem:
     if name is None:
         name = args.match(_ATT_NAME, "a fetch attribute")
     name = name.upper()
+    if name in fetch_items.ITEM_NAMES:  # BINARY, OBJECTID, PREVIEW, SAVEDATE
+        return fetch_items.parse_item(args, name)
     if args.peek() == 0x5B:  # [
         if name not in (b"BODY", b"BODY.PEEK"):
             raise ParseError("Invalid fetch attribute")
@@ -161,17 +165,49 @@ def run(session, command) -> Completion | Deferred:
     then include FLAGS; not in a read-only (EXAMINEd) mailbox. Messages
     expunged by another session are left out and the command ends
     ``NO [EXPUNGEISSUED]`` (RFC 2180 §4.1.2, RFC 5530).
+
+    CONDSTORE (RFC 7162): the MODSEQ item, the ``(CHANGEDSINCE n)`` modifier
+    (only messages modified after n, MODSEQ implied; a UID FETCH with it then
+    reports other sessions' changes, being BREAKS_SEQS) and, once QRESYNC is
+    enabled, ``(CHANGEDSINCE n VANISHED)`` on UID FETCH. Either enables
+    CONDSTORE for the connection.
     """
     args = command.args
     args.expect_sp()
     seqset = args.sequence_set()
     args.expect_sp()
     items = parse_fetch_items(args)
-    args.expect_end()
+    modifiers = condstore.parse_fetch_modifiers(args)
+    condstore.check_fetch_modifiers(session, command, modifiers)
+    if modifiers.changedsince is not None or any(item.kind == b"MODSEQ" for item in items):
+        condstore.enable_condstore(session)  # RFC 7162 §3.1: a CONDSTORE enabling command
+        if not any(item.kind == b"MODSEQ" for item in items):
+            items.append(FetchItem(b"MODSEQ", b"MODSEQ"))  # RFC 7162 §3.1.4.1
     if command.uid and not any(item.kind == b"UID" for item in items):
         items.insert(0, FetchItem(b"UID", b"UID"))
     mailbox = session.selected
     targets = mailbox.resolve_uids(seqset) if command.uid else mailbox.resolve_seqs(seqset)
+    if modifiers.changedsince is not None:
+        records, expunged = _changed_since(session, seqset, targets, modifiers), False
+    else:
+        records, expunged = _read_records(session, targets)
+    report = command.uid and modifiers.changedsince is not None
+    unseen = [info.uid for _, info in records if "\\Seen" not in info.flags]
+    if mailbox.readonly or not unseen or not any(item.sets_seen for item in items):
+        return _respond(session, items, records, expunged, set(), report)
+    marking = session.ctx.store.store_flags(session.user, mailbox.mailbox_id, unseen, "+", ["\\Seen"])
+
+    def marked(result) -> Completion:
+        changed = {info.uid: info for info in result.changed}
+        updated = [(seq, changed.get(info.uid, info)) for seq, info in records]
+        return _respond(session, items, updated, expunged, set(changed), report)
+
+    return marking.addCallback(marked)
+
+
+def _read_records(session, targets) -> tuple[list, bool]:
+    """``[(seq, MessageInfo)]`` of the targets still there, and whether any was expunged."""
+    mailbox = session.selected
     store = session.ctx.store
     records = []
     expunged = False
@@ -180,25 +216,38 @@ def run(session, command) -> Completion | Deferred:
             records.append((seq, store.get_message(session.user, mailbox.mailbox_id, uid)))
         except Expunged:
             expunged = True
-    unseen = [info.uid for _, info in records if "\\Seen" not in info.flags]
-    if mailbox.readonly or not unseen or not any(item.sets_seen for item in items):
-        return _respond(session, items, records, expunged, set())
-    marking = store.store_flags(session.user, mailbox.mailbox_id, unseen, "+", ["\\Seen"])
-
-    def marked(result) -> Completion:
-        changed = {info.uid: info for info in result.changed}
-        updated = [(seq, changed.get(info.uid, info)) for seq, info in records]
-        return _respond(session, items, updated, expunged, set(changed))
-
-    return marking.addCallback(marked)
+    return records, expunged
 
 
-def _respond(session, items: list[FetchItem], records, expunged: bool, flags_changed: set[int]) -> Completion:
-    """Send each message's FETCH response; ``flags_changed`` get FLAGS added."""
-    wants_flags = any(item.kind == b"FLAGS" for item in items)
+def _changed_since(session, seqset, targets, modifiers) -> list:
+    """The targets modified after CHANGEDSINCE's mod-sequence (RFC 7162 §3.1.4.1),
+    read from the change log; with VANISHED, first ``* VANISHED (EARLIER)`` for
+    the UIDs of the set expunged since then (RFC 7162 §3.2.6)."""
+    mailbox = session.selected
+    changes = session.ctx.store.changes_since(session.user, mailbox.mailbox_id, modifiers.changedsince)
+    if modifiers.vanished:
+        star = max([mailbox.uidnext - 1, *mailbox.uids[-1:], *changes.vanished[-1:]])
+        condstore.vanished_earlier(session, changes, condstore.uid_set_matcher(seqset, star))
+    changed = {info.uid: info for info in changes.changed}
+    return [(seq, changed[uid]) for seq, uid in targets if uid in changed]
+
+
+def _respond(session, items: list[FetchItem], records, expunged: bool, flags_changed: set[int],
+             report_changes: bool = False) -> Completion:
+    """Send each message's FETCH response; ``flags_changed`` get FLAGS added, and
+    once CONDSTORE is on UID and MODSEQ too (RFC 7162 §3.2.4). Then, with
+    ``report_changes``, other sessions' changes (only where EXPUNGE may be sent)."""
+    kinds = {item.kind for item in items}
+    extra = [FetchItem(kind, kind) for kind in (b"FLAGS", b"UID", b"MODSEQ") if kind not in kinds
+             and (kind == b"FLAGS" or extension_enabled(session, "CONDSTORE"))]
+    mailbox = session.selected
     for seq, info in records:
-        extra = [] if wants_flags or info.uid not in flags_changed else [FetchItem(b"FLAGS", b"FLAGS")]
-        session.send(fetch_response(session, seq, info, items + extra))
+        changed = info.uid in flags_changed
+        session.send(fetch_response(session, seq, info, items + extra if changed else items))
+        if changed or b"FLAGS" in kinds:
+            mailbox.note_flags_shown(info)
+    if report_changes:
+        session.report_mailbox_changes()
     if expunged:
         raise responses.mail_error("NO", responses.EXPUNGEISSUED,
                                    "Some of the requested messages no longer exist")
@@ -217,6 +266,8 @@ def fetch_response(session, seq: int, info, items: list[FetchItem]) -> bytes:
             out.append(b"FLAGS " + format_flags(info.flags))
         elif kind == b"UID":
             out.append(b"UID %d" % info.uid)
+        elif kind == b"MODSEQ":
+            out.append(b"MODSEQ (%d)" % info.modseq)  # RFC 7162 §3.1.4.2
         elif kind == b"INTERNALDATE":
             out.append(b"INTERNALDATE " + format_internaldate(info.internaldate))
         elif kind == b"RFC822.SIZE":
@@ -225,6 +276,8 @@ def fetch_response(session, seq: int, info, items: list[FetchItem]) -> bytes:
             if facts is None:
                 facts = store.read_facts(user, info.blob_id)
             out.append(kind + b" " + wire.serialize(facts[kind.decode("ascii").lower()]))
+        elif kind in fetch_items.KINDS:
+            out.append(fetch_items.respond(session, info, item))
         else:
             if raw is None:
                 raw = store.read_message(user, info.blob_id)

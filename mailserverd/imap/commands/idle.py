@@ -2,9 +2,11 @@
 the client says DONE.
 
 While idling, the selected mailbox is polled on ``ctx.clock`` every
-:data:`POLL_INTERVAL` seconds: one cheap read of its counters, and only when
-its HIGHESTMODSEQ moved, the work of reporting new messages (EXISTS),
-expunged ones (EXPUNGE) and flag changes (untagged FETCH FLAGS). Any line
+:data:`POLL_INTERVAL` seconds with the session's one way of reporting changes,
+:meth:`ImapSession.report_mailbox_changes`: a read of the change log after the
+last reported MODSEQ, which finds nothing cheaply when nothing changed, else
+reports new messages (EXISTS), expunged ones (EXPUNGE or VANISHED) and flag
+changes (untagged FETCH FLAGS). Any line
 but ``DONE`` ends the IDLE with a tagged BAD. The session's autologout timer
 (``imap_idle_timeout``, at least 30 minutes, RFC 9051 §5.4) keeps running, so an
 IDLE that is never ended is closed with ``* BYE`` like any idle connection
@@ -25,8 +27,6 @@ from twisted.logger import Logger
 
 from mailserverd.errors import MailError
 from mailserverd.imap import responses
-from mailserverd.imap.commands.expunge import extension_enabled
-from mailserverd.imap.commands.fetch import format_flags
 from mailserverd.imap.parser import ParseError
 from mailserverd.imap.responses import Completion
 from mailserverd.store.errors import StoreError
@@ -55,13 +55,11 @@ class _Idle:
         self._session = session
         self._done: Deferred = Deferred()
         self._timer = None
-        self._modseq = None  # the selected mailbox's HIGHESTMODSEQ as last reported
 
     def start(self) -> Deferred:
         session = self._session
         if session.selected is not None:
             session.report_mailbox_changes()
-            self._modseq = self._highestmodseq()
         session.send(responses.continuation("idling"))
         session.read_next_line(self._line)
         self._schedule()
@@ -91,45 +89,10 @@ class _Idle:
         if session.closed or self._done.called or session.selected is None:
             return
         try:
-            modseq = self._highestmodseq()
-            if modseq != self._modseq:
-                known = set(session.selected.uids)
-                session.report_mailbox_changes()
-                report_flag_changes(session, self._modseq, known)
-                self._modseq = modseq
+            session.report_mailbox_changes()
         except (StoreError, MailError) as error:
             # The mailbox was deleted or the store is failing: keep the IDLE
             # (DONE must still work) and try again at the next tick.
             log.info("idle-poll-failed user={user} error={error}",
                      user=session.user, error=type(error).__name__)
         self._schedule()
-
-    def _highestmodseq(self) -> int:
-        session = self._session
-        info = session.ctx.store.get_mailbox_by_id(session.user, session.selected.mailbox_id)
-        return info.highestmodseq
-
-
-def report_flag_changes(session, since_modseq: int, known_uids: set[int]) -> None:
-    """Send ``* seq FETCH (FLAGS (...))`` for messages the client already knew whose
-    flags changed after ``since_modseq`` (RFC 3501 §7.4.2 unsolicited FETCH).
-
-    Adds ``UID`` under IMAP4rev2 (RFC 9051 §7.5.2 asks for it in unsolicited
-    FETCHes) and ``MODSEQ`` once CONDSTORE is on (RFC 7162 §3.2.4).
-    """
-    mailbox = session.selected
-    changes = session.ctx.store.changes_since(session.user, mailbox.mailbox_id, since_modseq)
-    with_uid = extension_enabled(session, "IMAP4REV2")
-    with_modseq = extension_enabled(session, "CONDSTORE")
-    for message in changes.changed:
-        if message.uid not in known_uids:
-            continue  # new to the client: its EXISTS was just sent
-        seq = mailbox.seq_of(message.uid)
-        if seq is None:
-            continue
-        items = [b"FLAGS " + format_flags(message.flags)]
-        if with_uid:
-            items.insert(0, b"UID %d" % message.uid)
-        if with_modseq:
-            items.append(b"MODSEQ (%d)" % message.modseq)
-        session.send(responses.untagged(b"%d FETCH (" % seq + b" ".join(items) + b")"))

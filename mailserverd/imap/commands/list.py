@@ -128,7 +128,7 @@ def _options(args: ArgCursor, known: frozenset, what: str) -> set[str]:
     return set(args.parenthesized(option))
 
 
-def _return_options(args: ArgCursor, request: ListRequest) -> None:
+def _return_options(session, args: ArgCursor, request: ListRequest) -> None:
     """Read ``RETURN SP "(" [return-option *(SP return-option)] ")"`` into ``request``."""
     if args.atom().upper() != b"RETURN":
         raise ParseError("Expected RETURN")
@@ -143,7 +143,7 @@ def _return_options(args: ArgCursor, request: ListRequest) -> None:
         if name == "STATUS":  # RFC 5819 §2: STATUS SP "(" status-att ... ")"
             args.expect_sp()
             request.status_items = list(dict.fromkeys(request.status_items
-                                                      + read_status_items(args)))
+                                                      + read_status_items(args, session)))
         request.returns.add(name)
         if args.skip_byte(b")"):
             return
@@ -174,7 +174,7 @@ def parse_list(session, args: ArgCursor, extended_allowed: bool = True) -> ListR
     request = ListRequest(reference, patterns, extended, select)
     if extended_allowed and not args.at_end():
         args.expect_sp()
-        _return_options(args, request)
+        _return_options(session, args, request)
         request.extended = True
     args.expect_end()
     if "RECURSIVEMATCH" in select and not select & {"SUBSCRIBED", "SPECIAL-USE"}:

@@ -12,6 +12,7 @@ read and write names only through this module.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from mailserverd.imap import mutf7, wire
 from mailserverd.imap.parser import ArgCursor, ParseError
@@ -21,6 +22,7 @@ __all__ = [
     "utf8_names",
     "decode_name",
     "read_mailbox_name",
+    "read_mailbox_name_as_sent",
     "read_list_pattern",
     "encode_name",
     "DELIMITER",
@@ -43,11 +45,19 @@ def utf8_names(session) -> bool:
 def decode_name(session, raw: bytes) -> str:
     """A mailbox name or pattern from its wire bytes, as a str.
 
-    UTF-8 sessions: strict UTF-8 (RFC 6855 §3); otherwise strict modified
+    UTF-8 sessions: strict UTF-8 (RFC 6855 §3), normalized to NFC: CREATE
+    makes NFC names, and a server that accepts denormalized names MUST
+    accept them in every command (RFC 9051 §5.1); otherwise strict modified
     UTF-7 (RFC 3501 §5.1.3). ``INBOX`` in any case becomes ``"INBOX"``
     (RFC 3501 §5.1). Raises ParseError (tagged BAD) for bytes that are not
     valid in the session's encoding.
     """
+    name = _decode_as_sent(session, raw)
+    return unicodedata.normalize("NFC", name) if utf8_names(session) else name
+
+
+def _decode_as_sent(session, raw: bytes) -> str:
+    """:func:`decode_name` without the NFC normalization."""
     if raw.upper() == b"INBOX":
         return "INBOX"
     if utf8_names(session):
@@ -67,6 +77,18 @@ def read_mailbox_name(session, args: ArgCursor) -> str:
     Raises ParseError for a missing or badly encoded name.
     """
     return decode_name(session, args.astring())
+
+
+def read_mailbox_name_as_sent(session, args: ArgCursor) -> tuple[str, str]:
+    """Read one ``mailbox`` argument; return ``(name, supplied)``.
+
+    ``name`` is what :func:`read_mailbox_name` returns; ``supplied`` is the
+    name as the client wrote it, before NFC normalization, for the OLDNAME
+    of RFC 9051 §6.3.9.7 (they differ only in UTF-8 sessions). Raises
+    ParseError as :func:`read_mailbox_name` does.
+    """
+    raw = args.astring()
+    return decode_name(session, raw), _decode_as_sent(session, raw)
 
 
 def read_list_pattern(session, args: ArgCursor) -> str:

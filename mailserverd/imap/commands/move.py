@@ -33,7 +33,7 @@ def run(session, command) -> Completion | Deferred:
     ``OK`` with no COPYUID. Moving into the selected mailbox itself is
     allowed (RFC 6851 §3.3): the copies then arrive as EXISTS.
     """
-    seqset, destination = parse_set_and_mailbox(command)
+    seqset, destination = parse_set_and_mailbox(session, command)
     require_writable(session)
     uids = transfer_uids(session, command, seqset, destination)
     moving = session.ctx.store.move(session.user, session.selected.mailbox_id, uids, destination)

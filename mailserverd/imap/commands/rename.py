@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mailserverd.imap.commands.mailbox_names import read_mailbox_name
+from mailserverd.imap.commands.imap4rev2 import check_net_unicode, oldname_list_response
+from mailserverd.imap.commands.mailbox_names import read_mailbox_name, read_mailbox_name_as_sent
 from mailserverd.imap.responses import Completion
 from mailserverd.store.types import HIERARCHY_SEPARATOR
 
@@ -31,17 +32,23 @@ def run(session, command):
     Returns a Deferred firing with the OK after the durable commit. Store
     errors: NotFound -> ``NO [NONEXISTENT]``, AlreadyExists ->
     ``NO [ALREADYEXISTS]``, NotPermitted (onto or under itself) and
-    InvalidName -> ``NO [CANNOT]``.
+    InvalidName -> ``NO [CANNOT]``. A new name that is not Net-Unicode is
+    ``NO [CANNOT]`` (RFC 9051 §5.1); in a UTF-8 session a denormalized new
+    name is used in NFC and announced with OLDNAME (RFC 9051 §6.3.9.7).
     """
     args = command.args
     args.expect_sp()
     old = read_mailbox_name(session, args)
     args.expect_sp()
-    new = read_mailbox_name(session, args)
+    new, supplied = read_mailbox_name_as_sent(session, args)
     args.expect_end()
+    check_net_unicode(new)
 
     def renamed(_):
         _follow_selected(session, old, new)
+        announcement = oldname_list_response(session, new, supplied)
+        if announcement:
+            session.send(announcement)
         return Completion("RENAME completed")
 
     return session.ctx.store.rename_mailbox(session.user, old, new).addCallback(renamed)

@@ -19,6 +19,8 @@ and a new SELECT/EXAMINE (a new SelectedMailbox) starts with it empty
 from __future__ import annotations
 
 from mailserverd.imap import responses, search, wire
+from mailserverd.imap.commands import condstore
+from mailserverd.imap.commands.imap4rev2 import reject_search_charset
 from mailserverd.imap.responses import Completion
 from mailserverd.store.errors import StoreError
 
@@ -55,16 +57,20 @@ def run(session, command) -> Completion:
         if refused.options and "SAVE" in refused.options:
             _save(mailbox, ())
         raise responses.mail_error("NO", BADCHARSET, "Unsupported charset") from None
+    reject_search_charset(session, request.charset)  # RFC 6855 §3
     options = request.options
     saving = options is not None and "SAVE" in options
     try:
-        found = _run_search(session, mailbox, request.key)
+        found = run_search(session, mailbox, request.key)
     except StoreError:
         if saving:
             _save(mailbox, ())
         raise
     numbers = [info.uid if command.uid else seq for seq, info in found]
-    modseqs = [info.modseq for _, info in found] if search.uses_modseq(request.key) else None
+    modseqs = None
+    if search.uses_modseq(request.key):
+        condstore.enable_condstore(session)  # RFC 7162 §3.1: a CONDSTORE-enabling command
+        modseqs = [info.modseq for _, info in found]
     if options is None and "IMAP4REV2" in getattr(session, "enabled", ()):
         options = frozenset({"ALL"})  # RFC 9051 §6.4.4: SEARCH answers with ESEARCH
     if options is None:
@@ -77,7 +83,7 @@ def run(session, command) -> Completion:
     return Completion("Search completed")
 
 
-def _run_search(session, mailbox, key) -> list:
+def run_search(session, mailbox, key) -> list:
     """The ``(seq, MessageInfo)`` of the session's messages that ``key`` matches.
 
     The session's sequence map decides which messages exist and their

@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Callable
 
 from mailserverd.imap import responses
+from mailserverd.imap.commands import condstore
+from mailserverd.imap.commands.imap4rev2 import reject_obsolete_status_items
 from mailserverd.imap.commands.mailbox_names import encode_name, read_mailbox_name
 from mailserverd.imap.parser import ArgCursor, ParseError
 from mailserverd.imap.responses import Completion
@@ -49,15 +51,18 @@ def _status_item(args: ArgCursor) -> str:
     return name
 
 
-def read_status_items(args: ArgCursor) -> list[str]:
+def read_status_items(args: ArgCursor, session=None) -> list[str]:
     """Read ``"(" status-att *(SP status-att) ")"`` (RFC 3501 §9).
 
     Returns the upper-cased item names in order, each once. Raises
-    ParseError for an empty list or an unknown item.
+    ParseError for an empty list or an unknown item, and, given the
+    ``session``, for RECENT after ``ENABLE IMAP4rev2`` (RFC 9051 §9).
     """
     items = args.parenthesized(_status_item)
     if not items:
         raise ParseError("STATUS needs at least one item")
+    if session is not None:
+        reject_obsolete_status_items(session, items)
     return list(dict.fromkeys(items))
 
 
@@ -82,8 +87,10 @@ def run(session, command) -> Completion:
     args.expect_sp()
     name = read_mailbox_name(session, args)
     args.expect_sp()
-    items = read_status_items(args)
+    items = read_status_items(args, session)
     args.expect_end()
     info = session.ctx.store.get_mailbox(session.user, name)
+    if "HIGHESTMODSEQ" in items:
+        condstore.enable_condstore(session)  # RFC 7162 §3.1: a CONDSTORE-enabling command
     session.send(status_response(session, info, items))
     return Completion("STATUS completed")

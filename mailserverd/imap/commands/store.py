@@ -155,6 +155,8 @@ def run(session, command) -> Completion | Deferred:
 def _stored(result, session, command, request: StoreRequest, targets) -> Completion:
     """Send the FETCH responses for a finished flag write, then the tagged OK."""
     changed = {info.uid: info for info in result.changed}
+    for info in result.changed:  # answered here (or .SILENT): not reported as another's change
+        session.selected.note_flags_shown(info)
     failed = set(result.failed)
     condstore = extension_enabled(session, "CONDSTORE")
     with_uid = command.uid or extension_enabled(session, "IMAP4REV2")
@@ -194,3 +196,5 @@ def _send_fetch(session, seq: int, info, with_uid: bool, with_modseq: bool, flag
         items.append(b"FLAGS " + format_flags(info.flags))
     if items:
         session.send(responses.untagged(b"%d FETCH (" % seq + b" ".join(items) + b")"))
+        if flags:
+            session.selected.note_flags_shown(info)
