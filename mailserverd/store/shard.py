@@ -196,9 +196,11 @@ def list_uids(txn, dbs, user_id: int, mailbox_id: int) -> list[int]:
 def first_unseen_uid(txn, dbs, user_id: int, mailbox_id: int) -> int | None:
     """The lowest UID without \\Seen, or None.
 
-    Walks back from the newest message until it has met as many unseen
-    messages as the mailbox counts: new mail is unseen and at the end, so
-    this reads few records in the usual case (and all in the worst).
+    The counters answer a mailbox with nothing or everything unseen; the
+    oldest message answers when it is unseen itself. Otherwise this walks
+    back from the newest message until it has met as many unseen messages as
+    the mailbox counts: new mail is unseen and at the end, so it reads few
+    records in the usual case (and all in the worst).
     """
     mailbox = require_mailbox(txn, dbs, user_id, mailbox_id)
     remaining = mailbox.unseen
@@ -206,6 +208,11 @@ def first_unseen_uid(txn, dbs, user_id: int, mailbox_id: int) -> int | None:
         return None
     prefix = keys.mailbox_prefix(user_id, mailbox_id)
     cursor = txn.cursor(db=dbs["messages"])
+    if not cursor.set_range(prefix) or not cursor.key().startswith(prefix):
+        return None
+    oldest = keys.uid_from_message_key(cursor.key())
+    if remaining >= mailbox.messages or SEEN not in records.decode_message(oldest, cursor.value()).flags:
+        return oldest
     if not cursor.set_range(keys.mailbox_prefix(user_id, mailbox_id + 1)):
         if not cursor.last():
             return None

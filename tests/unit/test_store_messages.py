@@ -373,3 +373,15 @@ def test_uids_first_unseen_and_keywords_without_reading_every_message(store):
     yield store.expunge(USER, box.mailbox_id, None)
     other = store.get_mailbox(USER, "Trash")
     assert store.list_uids(USER, other.mailbox_id) == [] and store.first_unseen_uid(USER, other.mailbox_id) is None
+
+
+@pytest_twisted.inlineCallbacks
+def test_first_unseen_when_the_oldest_or_everything_is_unseen(store):
+    for flags in ([], ["\\Seen"], []):
+        yield store.append(USER, "Archive", b"Subject: a\r\n\r\nx\r\n", flags)
+    box = store.get_mailbox(USER, "Archive")
+    assert store.first_unseen_uid(USER, box.mailbox_id) == 1  # the oldest is unseen itself
+    yield store.store_flags(USER, box.mailbox_id, [1], "+", ["\\Seen"])
+    assert store.first_unseen_uid(USER, box.mailbox_id) == 3
+    yield store.store_flags(USER, box.mailbox_id, [1, 2, 3], "-", ["\\Seen"])
+    assert store.first_unseen_uid(USER, box.mailbox_id) == 1  # all unseen: from the counters
