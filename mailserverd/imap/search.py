@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
+from mailserverd.imap.objectid import email_objectid
 from mailserverd.imap.parser import ArgCursor, ParseError, SequenceSet
 from mailserverd.mail import mime
 
@@ -46,7 +47,7 @@ __all__ = [
     "uses_modseq",
     "Key", "All", "Flag", "Recent", "Not", "Or", "And", "SeqSet", "UidSet",
     "Saved", "DateKey", "SizeKey", "EnvelopeText", "HeaderText", "BodyText",
-    "AnyText", "ModSeq", "SaveDateSupported",
+    "AnyText", "ModSeq", "EmailId", "SaveDateSupported",
 ]
 
 #: Deepest nesting of NOT, OR and parenthesised lists in one program. A
@@ -200,6 +201,13 @@ class ModSeq(Key):
     """MODSEQ: the message's mod-sequence is at least ``value`` (RFC 7162 §3.1.5)."""
 
     value: int
+
+
+@dataclass(frozen=True)
+class EmailId(Key):
+    """EMAILID objectid (RFC 8474 §6): the message with that EMAILID."""
+
+    objectid: bytes
 
 
 @dataclass(frozen=True)
@@ -381,6 +389,14 @@ class _ProgramReader:
             raise ParseError("Number out of range")
         return int(digits)
 
+    def objectid(self) -> bytes:
+        """``SP objectid`` (RFC 8474 §3: 1*255 of ALPHA / DIGIT / "_" / "-")."""
+        self.args.expect_sp()
+        value = self.args.atom()
+        if not 1 <= len(value) <= 255 or not value.replace(b"_", b"").replace(b"-", b"").isalnum():
+            raise ParseError("Bad object id")
+        return value
+
     def keyword(self) -> str:
         """``SP flag-keyword`` (an atom, RFC 9051 §9)."""
         self.args.expect_sp()
@@ -430,6 +446,11 @@ def _flag_reader(flag: str, present: bool):
     return lambda reader: node
 
 
+def _no_thread(objectid: bytes) -> Key:
+    """THREADID objectid: every THREADID is NIL here (RFC 8474 §5.2), so no message matches."""
+    return Not(All())
+
+
 def _envelope_reader(field: str):
     return lambda reader: EnvelopeText(field, reader.needle())
 
@@ -453,6 +474,9 @@ _KEY_READERS: dict[bytes, Callable[[_ProgramReader], Key]] = {
     b"HEADER": _ProgramReader.header,
     b"MODSEQ": _ProgramReader.modseq,
     b"SAVEDATESUPPORTED": lambda reader: SaveDateSupported(),
+    # RFC 8474 §6; THREADID is always NIL here, so THREADID matches nothing.
+    b"EMAILID": lambda reader: EmailId(reader.objectid()),
+    b"THREADID": lambda reader: _no_thread(reader.objectid()),
 }
 for _name, _flag in (("ANSWERED", "\\Answered"), ("DELETED", "\\Deleted"), ("DRAFT", "\\Draft"),
                      ("FLAGGED", "\\Flagged"), ("SEEN", "\\Seen")):
@@ -622,6 +646,7 @@ _EVALUATORS: dict[type, Callable[[Key, _Message], bool]] = {
     All: lambda key, message: True,
     Recent: lambda key, message: False,
     SaveDateSupported: lambda key, message: False,
+    EmailId: lambda key, message: email_objectid(message.info.blob_id) == key.objectid,
     Flag: _flag,
     Not: lambda key, message: not matches(key.key, message),
     Or: lambda key, message: matches(key.left, message) or matches(key.right, message),

@@ -10,6 +10,8 @@ import re
 
 import pytest
 
+from clients import make_message, smtp_send
+
 pytestmark = pytest.mark.e2e
 
 ALICE = "alice@example.test"
@@ -93,3 +95,26 @@ def test_fetch_extension_items(daemon):
         assert again.noop()[0] == "OK"  # the session survives bad input
     finally:
         again.logout()
+
+
+def test_objectid_mailboxid_and_emailid_search(daemon):
+    """RFC 8474: MAILBOXID from CREATE, SELECT and STATUS agree; SEARCH EMAILID finds the message."""
+    smtp_send(daemon, make_message("objectid"))
+    client = imaplib.IMAP4_SSL("127.0.0.1", daemon.ports["imaps"], ssl_context=daemon.ssl_context(),
+                               timeout=30)
+    try:
+        client.login("alice@example.test", daemon.users["alice@example.test"])
+        typ, data = client.create("Projects")
+        created = re.search(rb"MAILBOXID \((F[0-9a-f-]+)\)", data[0] or b"")
+        assert typ == "OK" and created, data
+        typ, data = client.status("Projects", "(MAILBOXID)")
+        assert created.group(1) in data[0]
+        client.select("INBOX")
+        typ, data = client.fetch("1", "(EMAILID)")
+        emailid = re.search(rb"EMAILID \((M[0-9a-f]+)\)", data[0]).group(1)
+        typ, data = client.uid("SEARCH", "EMAILID", emailid.decode())
+        assert data[0].split() == [b"1"]
+        typ, data = client.uid("SEARCH", "THREADID", "T1")
+        assert data[0] == b""
+    finally:
+        client.logout()

@@ -308,6 +308,7 @@ def test_select_response_lines():
         b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label \\*)] Flags permitted",
         b"* OK [UIDVALIDITY %d] UIDs valid" % box["uidvalidity"],
         b"* OK [UIDNEXT 4] Predicted next UID",
+        b"* OK [MAILBOXID (F%x-%x)] Mailbox ID" % (box["uidvalidity"], box["id"]),
         b"a OK [READ-WRITE] Select completed",
     ]
     assert h.session.selected.uids == [1, 2, 3]

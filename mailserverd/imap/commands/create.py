@@ -11,6 +11,7 @@ import re
 from mailserverd.errors import MailError
 from mailserverd.imap.commands.imap4rev2 import check_net_unicode, oldname_list_response
 from mailserverd.imap.commands.mailbox_names import read_mailbox_name_as_sent
+from mailserverd.imap.objectid import mailbox_objectid
 from mailserverd.imap.parser import ArgCursor, ParseError
 from mailserverd.imap.responses import Completion
 
@@ -94,6 +95,7 @@ def run(session, command):
         announcement = oldname_list_response(session, info.name, supplied)
         if announcement:
             session.send(announcement)
-        return Completion("CREATE completed")
+        return Completion("CREATE completed",  # RFC 8474 §4.1
+                          "MAILBOXID (" + mailbox_objectid(info).decode("ascii") + ")")
 
     return session.ctx.store.create_mailbox(session.user, name, special_use).addCallback(created)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from mailserverd.imap import responses
 from mailserverd.imap.commands import condstore, imap4rev2
 from mailserverd.imap.commands.mailbox_names import read_mailbox_name_as_sent
+from mailserverd.imap.objectid import mailbox_objectid
 from mailserverd.imap.commands.expunge import extension_enabled
 from mailserverd.imap.parser import ParseError
 from mailserverd.imap.responses import Completion
@@ -105,6 +106,8 @@ def _send_state(session, info, mailbox, readonly: bool) -> None:
         "PERMANENTFLAGS " + _flag_list(permanent).decode("ascii")))
     session.send(responses.untagged_status("OK", "UIDs valid", f"UIDVALIDITY {info.uidvalidity}"))
     session.send(responses.untagged_status("OK", "Predicted next UID", f"UIDNEXT {uidnext}"))
+    session.send(responses.untagged_status(  # RFC 8474 §4.2
+        "OK", "Mailbox ID", "MAILBOXID (" + mailbox_objectid(info).decode("ascii") + ")"))
     if extension_enabled(session, "CONDSTORE"):
         session.send(responses.untagged_status("OK", "Highest mailbox mod-sequence",
                                                f"HIGHESTMODSEQ {info.highestmodseq}"))

@@ -13,6 +13,7 @@ from typing import Callable
 
 from mailserverd.imap import responses
 from mailserverd.imap.commands import condstore
+from mailserverd.imap.objectid import mailbox_objectid
 from mailserverd.imap.commands.imap4rev2 import reject_obsolete_status_items
 from mailserverd.imap.commands.mailbox_names import encode_name, read_mailbox_name
 from mailserverd.imap.parser import ArgCursor, ParseError
@@ -41,6 +42,7 @@ STATUS_ITEMS: dict[str, Callable] = {
     "HIGHESTMODSEQ": lambda session, info: info.highestmodseq,  # RFC 7162 §3.1.6
     # RFC 7889 §4: the largest APPEND this mailbox takes (the same for every mailbox).
     "APPENDLIMIT": lambda session, info: session.limits.message_size_max,
+    "MAILBOXID": lambda session, info: mailbox_objectid(info),  # RFC 8474 §4.3: "(" id ")"
 }
 
 
@@ -71,6 +73,9 @@ def status_response(session, info: MailboxInfo, items: list[str]) -> bytes:
     values = []
     for item in items:
         value = STATUS_ITEMS[item](session, info)
+        if isinstance(value, bytes):
+            values.append(item.encode("ascii") + b" (" + value + b")")
+            continue
         values.append(b"%s %s" % (item.encode("ascii"), b"NIL" if value is None else b"%d" % value))
     return responses.untagged(b"STATUS " + encode_name(session, info.name)
                               + b" (" + b" ".join(values) + b")")
