@@ -295,6 +295,11 @@ async def test_status_items(store):
         % (info.uidvalidity, 2 * len(RAW), info.highestmodseq, Limits().message_size_max),
         b"a OK STATUS completed",
     ]
+    big = b"Subject: big\r\n\r\n" + b"x" * 5000 + b"\r\n"
+    await store.append(USER, "INBOX", big, ["\\Deleted"])
+    lines = await client.c(b"g STATUS INBOX (DELETED DELETED-STORAGE)")
+    # RFC 9208 §4.2.3: in the STORAGE resource's units of 1024 octets.
+    assert lines[0] == b'* STATUS "INBOX" (DELETED 1 DELETED-STORAGE %d)' % (len(big) // 1024)
     assert (await client.c(b"b STATUS INBOX (BOGUS)"))[-1].startswith(b"b BAD")
     assert (await client.c(b"c STATUS INBOX ()"))[-1].startswith(b"c BAD")
     assert (await client.c(b"d STATUS INBOX MESSAGES"))[-1].startswith(b"d BAD")

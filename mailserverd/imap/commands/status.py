@@ -29,6 +29,14 @@ def _deleted_count(session, info: MailboxInfo) -> int:
     return sum(1 for message in messages if "\\Deleted" in message.flags)
 
 
+def _deleted_storage(session, info: MailboxInfo) -> int:
+    """RFC 9208 §4.2.3 DELETED-STORAGE: what EXPUNGE would free, as the sum of the
+    RFC822.SIZE of the \\Deleted messages, in the STORAGE resource's units of
+    1024 octets (§5.1), rounded down like GETQUOTA's usage."""
+    messages = session.ctx.store.list_messages(session.user, info.mailbox_id)
+    return sum(message.size for message in messages if "\\Deleted" in message.flags) // 1024
+
+
 #: Item name -> its value for a mailbox (session, info) -> int, or None for NIL.
 STATUS_ITEMS: dict[str, Callable] = {
     "MESSAGES": lambda session, info: info.messages,
@@ -38,6 +46,7 @@ STATUS_ITEMS: dict[str, Callable] = {
     "UIDVALIDITY": lambda session, info: info.uidvalidity,
     "UNSEEN": lambda session, info: info.unseen,
     "DELETED": _deleted_count,
+    "DELETED-STORAGE": _deleted_storage,
     "SIZE": lambda session, info: info.size,  # RFC 8438 §3: octets, as RFC822.SIZE counts them
     "HIGHESTMODSEQ": lambda session, info: info.highestmodseq,  # RFC 7162 §3.1.6
     # RFC 7889 §4: the largest APPEND this mailbox takes (the same for every mailbox).
