@@ -9,22 +9,57 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from mailserverd.imap.session import ImapSession
 
 log = Logger(namespace="mailserverd.imap")
 
 
+@implementer(IPushProducer)
 class _TransportOutput:
-    """The session's :class:`~mailserverd.imap.session.SessionOutput` over a transport."""
+    """The session's :class:`~mailserverd.imap.session.SessionOutput` over a transport.
+
+    It is registered with the transport as a streaming producer: the transport
+    pauses it when its send buffer fills (a client that does not read) and
+    resumes it once the buffer drained. Long responses (FETCH) wait for
+    :meth:`wait_writable` between messages, so a slow client costs a buffer's
+    worth of memory, never the whole answer.
+    """
 
     def __init__(self, protocol: "ImapServerProtocol"):
         self._protocol = protocol
+        self._paused = False
+        self._waiting: list[Deferred] = []
 
     def write(self, data: bytes) -> None:
         self._protocol.transport.write(data)
+
+    def wait_writable(self) -> "Deferred[None] | None":
+        """None when the client keeps up; else a Deferred fired once it has read."""
+        if not self._paused:
+            return None
+        waiting: Deferred = Deferred()
+        self._waiting.append(waiting)
+        return waiting
+
+    # IPushProducer, called by the transport
+    def pauseProducing(self) -> None:  # noqa: N802 (Twisted's name)
+        self._paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self._paused = False
+        waiting, self._waiting = self._waiting, []
+        for deferred in waiting:
+            deferred.callback(None)
+
+    def stopProducing(self) -> None:  # noqa: N802
+        # The connection is gone: release waiters; the session ignores them (closed).
+        self.resumeProducing()
 
     def start_tls(self) -> None:
         # RFC 3501 §6.2.1: the tagged OK was written before this call, so it
@@ -49,7 +84,9 @@ class ImapServerProtocol(Protocol):
         tls = bool(self.listener.implicit_tls)
         log.info("connection protocol=imap ip={ip} tls={tls} listener={kind}",
                  ip=client_ip, tls=tls, kind=self.listener.kind)
-        self.session = ImapSession(self.ctx, _TransportOutput(self), client_ip=client_ip, tls_active=tls)
+        output = _TransportOutput(self)
+        self.transport.registerProducer(output, True)
+        self.session = ImapSession(self.ctx, output, client_ip=client_ip, tls_active=tls)
         self.session.start()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802

@@ -82,6 +82,10 @@ class SessionOutput(Protocol):
     def close(self) -> None:
         """Close the connection once written bytes are sent."""
 
+    def wait_writable(self) -> "Deferred[None] | None":
+        """None when more may be written now; else a Deferred that fires when the
+        client has read enough (the connection's send buffer drained)."""
+
 
 @dataclass
 class SelectedMailbox:

@@ -162,6 +162,9 @@ class RecordingOutput:
     def close(self) -> None:
         self.events.append("close")
 
+    def wait_writable(self):
+        return None  # a recording never fills up
+
     def take(self) -> bytes:
         data = bytes(self.data)
         self.data.clear()

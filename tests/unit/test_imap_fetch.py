@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from twisted.internet.defer import Deferred
 
 from mailserverd.imap import wire
 from mailserverd.imap.commands.fetch import format_internaldate
@@ -264,3 +265,41 @@ def test_fetch_answers_match_the_reference_server(name, case):
         ours_values = wire.parse_values(ours[len(b"* 1 FETCH "):-len(b"\r\na OK Fetch completed\r\n")])
         theirs = wire.parse_values(_reference_wire(case[item]["response"]))[1]
         assert ours_values == [theirs[2:]], item
+
+
+class SlowReader:
+    """An output whose client stops reading after each message until ``drain()``."""
+
+    def __init__(self, output):
+        self.output = output
+        self.waiting = []
+
+    def __getattr__(self, name):
+        return getattr(self.output, name)
+
+    def wait_writable(self):
+        waiting = Deferred()
+        self.waiting.append(waiting)
+        return waiting
+
+    def drain(self):
+        waiting, self.waiting = self.waiting, []
+        for deferred in waiting:
+            deferred.callback(None)
+
+
+def test_fetch_waits_for_a_client_that_does_not_read(h):
+    """Back-pressure: one FETCH response, then nothing more until the client has read;
+    the next command waits for the FETCH to finish (RFC 9051 §5.5)."""
+    slow = SlowReader(h.out)
+    h.session.output = slow
+    reply = h.c(b"a FETCH 1:3 (UID)\r\nb FETCH 1 (UID)\r\n")
+    assert reply == b"* 1 FETCH (UID 1)\r\n"
+    slow.drain()
+    assert h.out.take() == b"* 2 FETCH (UID 2)\r\n"
+    slow.drain()
+    assert h.out.take() == b"* 3 FETCH (UID 3)\r\n"
+    slow.drain()
+    assert h.out.take() == b"a OK Fetch completed\r\n* 1 FETCH (UID 1)\r\n"
+    slow.drain()
+    assert h.out.take() == b"b OK Fetch completed\r\n"

@@ -233,19 +233,53 @@ def _changed_since(session, seqset, targets, modifiers) -> list:
 
 
 def _respond(session, items: list[FetchItem], records, expunged: bool, flags_changed: set[int],
-             report_changes: bool = False) -> Completion:
+             report_changes: bool = False) -> Completion | Deferred:
     """Send each message's FETCH response; ``flags_changed`` get FLAGS added, and
     once CONDSTORE is on UID and MODSEQ too (RFC 7162 §3.2.4). Then, with
-    ``report_changes``, other sessions' changes (only where EXPUNGE may be sent)."""
+    ``report_changes``, other sessions' changes (only where EXPUNGE may be sent).
+
+    Between messages it waits while the client is not reading (the output's
+    ``wait_writable``), so a large FETCH never piles up in memory; the
+    command then completes later, through a Deferred.
+    """
     kinds = {item.kind for item in items}
     extra = [FetchItem(kind, kind) for kind in (b"FLAGS", b"UID", b"MODSEQ") if kind not in kinds
              and (kind == b"FLAGS" or extension_enabled(session, "CONDSTORE"))]
     mailbox = session.selected
-    for seq, info in records:
-        changed = info.uid in flags_changed
-        session.send(fetch_response(session, seq, info, items + extra if changed else items))
-        if changed or b"FLAGS" in kinds:
-            mailbox.note_flags_shown(info)
+    remaining = iter(records)
+    for seq, info in remaining:
+        _send_one(session, mailbox, items, extra, kinds, flags_changed, seq, info)
+        wait = session.output.wait_writable()
+        if wait is not None:
+            return Deferred.fromCoroutine(_respond_slowly(
+                session, wait, remaining, items, extra, kinds, flags_changed, expunged, report_changes))
+    return _finish(session, expunged, report_changes)
+
+
+def _send_one(session, mailbox, items, extra, kinds, flags_changed, seq: int, info) -> None:
+    changed = info.uid in flags_changed
+    session.send(fetch_response(session, seq, info, items + extra if changed else items))
+    if changed or b"FLAGS" in kinds:
+        mailbox.note_flags_shown(info)
+
+
+async def _respond_slowly(session, wait, remaining, items, extra, kinds, flags_changed, expunged,
+                          report_changes) -> Completion:
+    """The rest of :func:`_respond`, one message each time the client has read enough."""
+    await wait
+    mailbox = session.selected
+    for seq, info in remaining:
+        if session.closed or session.selected is not mailbox:
+            break
+        _send_one(session, mailbox, items, extra, kinds, flags_changed, seq, info)
+        wait = session.output.wait_writable()
+        if wait is not None:
+            await wait
+    return _finish(session, expunged, report_changes)
+
+
+def _finish(session, expunged: bool, report_changes: bool) -> Completion:
+    """The end of a FETCH: other sessions' changes, then the tagged reply."""
     if report_changes:
         session.report_mailbox_changes()
     if expunged:
