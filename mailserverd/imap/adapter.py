@@ -67,6 +67,9 @@ class _TransportOutput:
         self._protocol.transport.startTLS(self._protocol.ctx.tls.server_creator())
 
     def close(self) -> None:
+        # A registered producer keeps the connection (and TLS) open until it is
+        # unregistered: LOGOUT must close at once (RFC 9051 §6.1.3).
+        self._protocol.transport.unregisterProducer()
         self._protocol.transport.loseConnection()
 
 

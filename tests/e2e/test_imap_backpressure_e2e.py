@@ -71,3 +71,20 @@ def test_fetch_to_a_client_that_does_not_read_is_held_back(daemon):
     assert received.count(b" FETCH (BODY[] {") == MESSAGES
     assert len(received) > answer_size
     slow.close()
+
+
+def test_logout_closes_the_connection(daemon):
+    """RFC 9051 §6.1.3: after LOGOUT's OK the server closes (clients such as mbsync wait for it)."""
+    sock = socket.create_connection(("127.0.0.1", daemon.ports["imaps"]), timeout=30)
+    tls = daemon.ssl_context().wrap_socket(sock, server_hostname="localhost")
+    received = bytearray(tls.recv(4096))
+    tls.sendall(b"a LOGOUT\r\n")
+
+    def closed() -> bool:
+        data = tls.recv(4096)
+        received.extend(data)
+        return not data
+
+    wait_for(closed, timeout=30, interval=0, what="the server to close after LOGOUT")
+    assert received.endswith(b"a OK Logout completed\r\n")
+    tls.close()
