@@ -43,16 +43,17 @@ class RealStoreClient:
     :meth:`login`; ``await client.cmd(b"a NOOP")`` returns the reply bytes once
     the tagged reply is there (a generous deadline, then AssertionError)."""
 
-    def __init__(self, store):
+    def __init__(self, store, password: str = PASSWORD):
         self.store = store
+        self.password = password
         self.out = RecordingOutput()
-        ctx = make_context(store, FakeAuthenticator({USER: PASSWORD}))
+        ctx = make_context(store, FakeAuthenticator({USER: password}))
         self.session = ImapSession(ctx, self.out, client_ip="192.0.2.7", tls_active=True)
         self.session.start()
         self.out.take()
 
-    async def cmd(self, line: bytes) -> bytes:
-        tag = re.escape(line.split(b" ", 1)[0])
+    async def cmd(self, line: bytes, tag: bytes | None = None) -> bytes:
+        tag = re.escape(tag or line.split(b" ", 1)[0])
         done = re.compile(rb"(?:\A|\r\n)" + tag + rb" (?:OK|NO|BAD)[^\r\n]*\r\n\Z")
         self.session.data_received(line + b"\r\n")
         for _ in range(5000):  # ~5 s of reactor turns
@@ -63,6 +64,15 @@ class RealStoreClient:
 
     async def login(self, *extensions: str) -> None:
         """LOGIN; then mark ``extensions`` enabled as ENABLE would."""
-        reply = await self.cmd(b'L LOGIN ' + USER.encode() + b' "' + PASSWORD.encode() + b'"')
+        reply = await self.cmd(b'L LOGIN ' + USER.encode() + b' "' + self.password.encode() + b'"')
         assert b"L OK" in reply, reply
         self.session.enabled.update(extensions)
+
+    async def c(self, line: bytes, tag: bytes | None = None) -> list[bytes]:
+        """:meth:`cmd`, split into lines (without their CRLF)."""
+        return (await self.cmd(line, tag)).split(b"\r\n")[:-1]
+
+
+def created(reply: bytes) -> bytes:
+    """A CREATE reply without its MAILBOXID code (RFC 8474 §4.1), checked for form."""
+    return re.sub(rb"\[MAILBOXID \(F[0-9a-f]+-[0-9a-f]+\)\] ", b"", reply)

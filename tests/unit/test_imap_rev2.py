@@ -5,55 +5,27 @@ and the RFC 9051 Appendix E items that were already right; plus ArgCursor.litera
 
 from __future__ import annotations
 
-import re
 import unicodedata
 
 import pytest
 import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
 
 from mailserverd.imap import mutf7
 from mailserverd.imap.commands import append, imap4rev2
 from mailserverd.imap.parser import ArgCursor, CommandReader, FramedCommand, ParseError
-from mailserverd.imap.session import ImapSession
 
-from imap_fakes import RecordingOutput
-from imap_real_store import USER, open_store
-from session_fakes import FakeAuthenticator, make_context
+from imap_real_store import USER, RealStoreClient, created, open_store
 
 PASSWORD = "pw"
 RAW = b"Subject: hi\r\n\r\nbody\r\n"
 UTF8_RAW = "Subject: Grüße\r\nFrom: jörg@bücher.example\r\n\r\nHallo\r\n".encode("utf-8")
 
 
-def created(reply: bytes) -> bytes:
-    """A CREATE reply without its MAILBOXID code (RFC 8474 §4.1), checked for form."""
-    return re.sub(rb"\[MAILBOXID \(F[0-9a-f]+-[0-9a-f]+\)\] ", b"", reply)
-
-
-class Client:
-    """A logged-in session on the real store; ``await c(b"a ...")`` returns its reply lines."""
-
-    def __init__(self, store):
-        self.out = RecordingOutput()
-        ctx = make_context(store, FakeAuthenticator({USER: PASSWORD}))
-        self.session = ImapSession(ctx, self.out, client_ip="192.0.2.1", tls_active=True)
-        self.session.start()
-        self.out.take()
-
-    async def c(self, line: bytes, deadline: float = 30.0) -> list[bytes]:
-        tag = line.split(b" ", 1)[0]
-        self.session.data_received(line + b"\r\n")
-        done = re.compile(rb"(?:^|\r\n)" + re.escape(tag) + rb" (?:OK|NO|BAD)[^\r\n]*\r\n\Z")
-        waited = 0.0
-        while not done.search(bytes(self.out.data)):
-            assert waited < deadline, bytes(self.out.data)
-            await deferLater(reactor, 0.005, lambda: None)
-            waited += 0.005
-        return self.out.take().split(b"\r\n")[:-1]
+def Client(store) -> RealStoreClient:  # noqa: N802 (reads as the class it makes)
+    """A session on the real store whose LOGIN uses this file's PASSWORD."""
+    return RealStoreClient(store, PASSWORD)
 
 
 @pytest.fixture
