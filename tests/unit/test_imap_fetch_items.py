@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mailserverd.imap import objectid
 from mailserverd.imap.commands import fetch_items
 from mailserverd.mail.facts import compute_facts
 from mailserverd.store.types import MailboxInfo
@@ -169,9 +170,9 @@ def test_emailid_is_stable_per_content_and_threadid_is_nil(h):
 def test_mailbox_objectid():
     info = MailboxInfo(mailbox_id=7, name="INBOX", uidvalidity=0x65A1B2C3, uidnext=1, highestmodseq=1,
                        messages=0, unseen=0, size=0, subscribed=True, special_use=None)
-    assert fetch_items.mailbox_objectid(info) == b"F65a1b2c3-7"
+    assert objectid.mailbox_objectid(info) == b"F65a1b2c3-7"
     other = MailboxInfo(**{**info.__dict__, "mailbox_id": 8})
-    assert fetch_items.mailbox_objectid(other) != fetch_items.mailbox_objectid(info)
+    assert objectid.mailbox_objectid(other) != objectid.mailbox_objectid(info)
 
 
 def test_savedate_is_nil(h):

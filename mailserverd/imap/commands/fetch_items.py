@@ -26,7 +26,7 @@ import codecs
 import html
 import re
 
-from mailserverd.imap.objectid import email_objectid, mailbox_objectid  # noqa: F401 (re-exported)
+from mailserverd.imap.objectid import email_objectid
 from mailserverd.imap import responses, wire
 from mailserverd.imap.parser import ArgCursor, ParseError
 
@@ -35,7 +35,7 @@ from mailserverd.imap.parser import ArgCursor, ParseError
 from mailserverd.imap.commands import fetch
 
 __all__ = ["ITEM_NAMES", "KINDS", "parse_item", "respond", "binary_content",
-           "preview_text", "email_objectid", "mailbox_objectid", "decode_transfer_encoding",
+           "preview_text", "decode_transfer_encoding",
            "UnknownTransferEncoding"]
 
 ITEM_NAMES = frozenset({b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE", b"EMAILID", b"THREADID",
