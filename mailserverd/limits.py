@@ -69,6 +69,12 @@ LIMIT_SPECS: tuple[LimitSpec, ...] = (
               "Malformed commands before the connection is closed."),
     LimitSpec("imap_idle_timeout", 1800, 60, 86400, "seconds",
               "Idle time before an IMAP session is closed (RFC 9051 §5.4: at least 30 minutes)."),
+    LimitSpec("imap_idle_poll_interval", 5, 1, 60, "seconds",
+              "How often an idling session looks for changes other processes (the CLI) "
+              "made; this process's own changes are pushed at once."),
+    LimitSpec("imap_idle_notify_interval", 120, 10, 1800, "seconds",
+              "Time between the '* OK Still here' lines sent to an idling client (keeps NAT "
+              "and firewall state alive, as Dovecot's imap_idle_notify_interval)."),
     LimitSpec("imap_unauth_timeout", 60, 5, 3600, "seconds",
               "Time a connection may stay unauthenticated."),
     # --- POP3
@@ -118,6 +124,41 @@ LIMIT_SPECS: tuple[LimitSpec, ...] = (
               "Storage quota for new users; 0 means unlimited."),
     LimitSpec("shutdown_timeout", 30, 0, 3600, "seconds",
               "Time sessions get to finish on SIGTERM."),
+    # --- Outbound queue (Postfix's qmgr defaults)
+    LimitSpec("queue_retry_min", 300, 1, 86400, "seconds",
+              "Delay before the first retry of a deferred recipient; doubles at each "
+              "attempt (Postfix's minimal_backoff_time)."),
+    LimitSpec("queue_retry_max", 14400, 1, 604800, "seconds",
+              "Longest delay between two attempts (Postfix's maximal_backoff_time)."),
+    LimitSpec("queue_lifetime", 432000, 60, 30 * 86400, "seconds",
+              "Time a recipient may stay undelivered before it bounces (5 days; "
+              "RFC 5321 §4.5.4.1: at least 4-5 days)."),
+    LimitSpec("queue_active_max", 1000, 1, 1000000, "count",
+              "Recipients the scheduler holds in memory at once (the active window); "
+              "the rest wait in the store."),
+    LimitSpec("queue_destination_concurrency", 10, 1, 1000, "count",
+              "Deliveries in progress to one destination domain at once."),
+    LimitSpec("queue_scan_interval", 60, 1, 3600, "seconds",
+              "Longest time between two looks at the queue for due recipients (for "
+              "changes made by other processes)."),
+    # --- SMTP client (outbound), RFC 5321 §4.5.3.2 timeouts
+    LimitSpec("smtp_client_connect_timeout", 30, 1, 600, "seconds",
+              "Time to open a TCP connection to a remote MX."),
+    LimitSpec("smtp_client_greeting_timeout", 300, 1, 3600, "seconds",
+              "Time to wait for the 220 greeting (RFC 5321 §4.5.3.2.1: 5 minutes)."),
+    LimitSpec("smtp_client_command_timeout", 300, 1, 3600, "seconds",
+              "Time to wait for the reply to EHLO, STARTTLS, MAIL, RCPT "
+              "(RFC 5321 §4.5.3.2.2-3: 5 minutes)."),
+    LimitSpec("smtp_client_data_init_timeout", 120, 1, 3600, "seconds",
+              "Time to wait for the 354 reply to DATA (RFC 5321 §4.5.3.2.4: 2 minutes)."),
+    LimitSpec("smtp_client_data_block_timeout", 180, 1, 3600, "seconds",
+              "Time for the peer to take one block of the message (RFC 5321 §4.5.3.2.5: 3 minutes)."),
+    LimitSpec("smtp_client_data_done_timeout", 600, 1, 3600, "seconds",
+              "Time to wait for the reply after the final dot (RFC 5321 §4.5.3.2.6: 10 minutes)."),
+    LimitSpec("smtp_client_reply_line_max", 2048, 512, 65536, "bytes",
+              "Longest reply line accepted from a peer (RFC 5321 §4.5.3.1.5: 512 at least)."),
+    LimitSpec("smtp_client_reply_lines_max", 200, 1, 10000, "count",
+              "Lines in one multi-line reply from a peer."),
 )
 
 LIMITS_BY_NAME = {spec.name: spec for spec in LIMIT_SPECS}

@@ -48,6 +48,7 @@ from mailserverd.store.types import (
     MessageInfo,
     User,
 )
+from mailserverd.store.watchers import ChangeWatchers
 from mailserverd.store.writer import EnvWriter
 
 SHARDS_MAX = 100  # two-digit shard directory names
@@ -92,6 +93,7 @@ class LMDBStore:
         self._running = False
         self._closed = False
         self._routes: dict[str, tuple[float, User]] = {}
+        self._watchers = ChangeWatchers()
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -229,7 +231,19 @@ class LMDBStore:
             apply = make_apply(user)
         except StoreError as exc:
             return fail(exc)
-        return self._submitters[user.shard].submit(apply)
+        return self._watchers.notify_after(self._submitters[user.shard].submit(apply), user.user_id)
+
+    def watch_changes(self, address: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` after each write of this store to ``address``'s
+        mailboxes is committed; returns the function that stops it.
+
+        Only this process's writes are seen (see :mod:`.watchers`). Raises
+        NotFound for an unknown user.
+        """
+        user = self._route(address)
+        if user is None:
+            raise NotFound("no such user")
+        return self._watchers.watch(user.user_id, callback)
 
     # ---------------------------------------------------------------- Directory: reads
 
@@ -440,7 +454,7 @@ class LMDBStore:
             self._parse_pool.prepare(raw, parsed, lambda f: submitter.cancel(slot, f))
         except StoreTemporaryError as exc:
             submitter.cancel(slot, exc)
-        return slot.deferred
+        return self._watchers.notify_after(slot.deferred, account.user_id)
 
     def _route(self, address: str) -> User | None:
         """The user record a delivery to ``address`` goes by, read at most ROUTE_TTL ago.
@@ -509,9 +523,11 @@ class LMDBStore:
 
         def collect(outcomes):
             for (ok, value), number in zip(outcomes, slots):
-                for address, _, _ in by_shard[number]:
+                for address, user_id, _ in by_shard[number]:
                     if ok:
                         results[given_name[address]] = value[address]
+                        if not isinstance(value[address], Exception):
+                            self._watchers.notify(user_id)
                     else:
                         results[given_name[address]] = value.value
             return results

@@ -104,6 +104,7 @@ def _table() -> dict[str, CommandSpec]:
         CommandSpec("UNSUBSCRIBE", subscribe.run_unsubscribe, AUTHENTICATED),
         CommandSpec("LIST", list_cmd.run_list, AUTHENTICATED),
         CommandSpec("LSUB", list_cmd.run_lsub, AUTHENTICATED),
+        CommandSpec("XLIST", list_cmd.run_xlist, AUTHENTICATED),  # a client quirk: list.py
         CommandSpec("NAMESPACE", namespace.run, AUTHENTICATED),
         CommandSpec("STATUS", status.run, AUTHENTICATED),
         # Message commands (Dovecot's flags for cmd-store/copy/move/expunge/close).

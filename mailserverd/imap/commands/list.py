@@ -20,14 +20,14 @@ from mailserverd.imap.commands.mailbox_names import (
     DELIMITER,
     encode_name,
     read_list_pattern,
-    read_mailbox_name,
+    read_reference,
 )
 from mailserverd.imap.commands.status import read_status_items, status_response
 from mailserverd.imap.parser import ArgCursor, ParseError
 from mailserverd.imap.responses import Completion
 from mailserverd.store.types import HIERARCHY_SEPARATOR, MailboxInfo
 
-__all__ = ["run_list", "run_lsub", "ListRequest", "parse_list", "NamePattern", "MailboxView",
+__all__ = ["run_list", "run_lsub", "run_xlist", "ListRequest", "parse_list", "NamePattern", "MailboxView",
            "select_names"]
 
 SEP = HIERARCHY_SEPARATOR
@@ -164,7 +164,7 @@ def parse_list(session, args: ArgCursor, extended_allowed: bool = True) -> ListR
         select = _options(args, SELECT_OPTIONS, "selection")
         extended = True
         args.expect_sp()
-    reference = read_mailbox_name(session, args)
+    reference = read_reference(session, args)
     args.expect_sp()
     if extended_allowed and args.peek() == 0x28:
         patterns = args.parenthesized(lambda cursor: read_list_pattern(session, cursor))
@@ -355,3 +355,26 @@ def run_lsub(session, command) -> Completion:
         session.send(responses.untagged(b"LSUB (" + attrs + b") " + DELIMITER + b" "
                                         + encode_name(session, name)))
     return Completion("LSUB completed")
+
+
+# Gmail's XLIST names for the RFC 6154 attributes it predates.
+_XLIST_NAMES = {"\\All": "\\AllMail", "\\Junk": "\\Spam", "\\Flagged": "\\Starred"}
+
+
+def run_xlist(session, command) -> Completion:
+    """XLIST: Gmail's precursor of SPECIAL-USE, answered as a basic LIST with
+    ``* XLIST`` lines, its attribute names and ``\\Inbox`` on INBOX.
+
+    Client quirk, kept as Dovecot keeps it (XLIST in its command table, not in
+    CAPABILITY): older Outlook and Apple Mail builds send XLIST to find Sent,
+    Trash and Junk. RFC 6154 §1 deprecates it; we do not advertise it.
+    """
+    request = parse_list(session, command.args, extended_allowed=False)
+    view = MailboxView.read(session)
+    for entry in select_names(request, view):
+        attrs = [_XLIST_NAMES.get(attr, attr) for attr in _attributes(session, request, view, entry)]
+        if entry.name == "INBOX":
+            attrs.append("\\Inbox")
+        session.send(responses.untagged(b"XLIST (" + " ".join(attrs).encode("ascii") + b") "
+                                        + DELIMITER + b" " + encode_name(session, entry.name)))
+    return Completion("XLIST completed")

@@ -24,6 +24,8 @@ __all__ = [
     "read_mailbox_name",
     "read_mailbox_name_as_sent",
     "read_list_pattern",
+    "read_reference",
+    "without_trailing_separator",
     "encode_name",
     "DELIMITER",
 ]
@@ -74,9 +76,32 @@ def _decode_as_sent(session, raw: bytes) -> str:
 def read_mailbox_name(session, args: ArgCursor) -> str:
     """Read one ``mailbox`` argument (RFC 3501 §9: astring) and decode it.
 
+    One trailing hierarchy separator is dropped (:func:`without_trailing_separator`).
+    Raises ParseError for a missing or badly encoded name.
+    """
+    return without_trailing_separator(decode_name(session, args.astring()))
+
+
+def read_reference(session, args: ArgCursor) -> str:
+    """Read LIST's reference name (RFC 9051 §6.3.9): decoded, its trailing
+    separator kept (``Archive/`` + ``%`` lists the children of Archive).
+
     Raises ParseError for a missing or badly encoded name.
     """
     return decode_name(session, args.astring())
+
+
+def without_trailing_separator(name: str) -> str:
+    """``name`` without one trailing hierarchy separator: ``Trash/`` names ``Trash``.
+
+    Client quirk, accommodated as Dovecot's ``tb-extra-mailbox-sep`` does:
+    Thunderbird sometimes appends the separator to a mailbox name it got from
+    LIST, then SELECTs or APPENDs to that. RFC 3501 §6.3.3 already gives a
+    trailing separator this meaning for CREATE ("foo/" creates "foo").
+    """
+    if len(name) > 1 and name.endswith(HIERARCHY_SEPARATOR):
+        return name[:-1]
+    return name
 
 
 def read_mailbox_name_as_sent(session, args: ArgCursor) -> tuple[str, str]:
@@ -88,7 +113,8 @@ def read_mailbox_name_as_sent(session, args: ArgCursor) -> tuple[str, str]:
     ParseError as :func:`read_mailbox_name` does.
     """
     raw = args.astring()
-    return decode_name(session, raw), _decode_as_sent(session, raw)
+    return (without_trailing_separator(decode_name(session, raw)),
+            without_trailing_separator(_decode_as_sent(session, raw)))
 
 
 def read_list_pattern(session, args: ArgCursor) -> str:
