@@ -28,6 +28,7 @@ bench: setup
 	$(BIN)/python bench/pop3_retr.py
 	$(BIN)/python bench/smtp_accept.py
 	$(BIN)/python bench/imap_fetch.py
+	$(BIN)/python bench/http_send.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import resource
 import shutil
 import socket
 import ssl
@@ -271,15 +270,6 @@ def run_idle(port: int, ca: str, pid: int, count: int) -> None:
             client.close()
 
 
-def raise_nofile(wanted: int) -> int:
-    """Raise RLIMIT_NOFILE's soft limit towards ``wanted`` (capped by the hard limit)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=10_000, help="messages in the FETCH mailbox")
@@ -294,7 +284,7 @@ def main() -> None:
              arguments.select_messages)
         return
 
-    from conftest import make_daemon
+    from conftest import make_daemon, raise_nofile
 
     nofile = raise_nofile(arguments.idle * 2 + 1000)  # client and daemon ends, plus headroom
     workdir = Path(tempfile.mkdtemp(prefix=".imap-bench-", dir=str(REPO)))

@@ -1,4 +1,5 @@
-"""The ``mailserverd`` command: serve, dev, check-config, and domain/user/alias admin.
+"""The ``mailserverd`` command: serve, dev, check-config, domain/user/alias admin
+(and, from cli_data.py, backup, restore, fsck, export and import).
 
 Admin commands write through the same store API as the daemon, from their own
 process; the running daemon sees the change at its next lookup (every lookup is
@@ -12,6 +13,7 @@ import argparse
 import getpass
 import os
 import secrets
+import signal
 import sys
 from pathlib import Path
 from typing import Callable
@@ -80,8 +82,7 @@ def _with_store(config, work: Callable) -> int:
             store = open_store(config, reactor)
         except StoreError as exc:
             print(f"mailserverd: {exc}", file=sys.stderr)
-            outcome["status"] = 1
-            return
+            raise SystemExit(1) from None  # task.react exits with this code
         store.start()
         try:
             yield defer.maybeDeferred(work, store)
@@ -134,15 +135,18 @@ def run_server(config, log_format: str | None = None, on_ready: Callable | None 
     """Serve until SIGINT/SIGTERM; return 0 after a clean stop, 1 if the start failed."""
     from twisted.internet import reactor
 
+    from mailserverd.listeners import ListenerError
     from mailserverd.log import start_logging
+    from mailserverd.privileges import PrivilegeError
+    from mailserverd.sdnotify import Notifier
     from mailserverd.service import MailServer
     from mailserverd.store.errors import StoreError
     from mailserverd.tls import TLSSetupError
 
-    server = MailServer(config, reactor)
+    server = MailServer(config, reactor, Notifier())
     try:
         server.prepare()
-    except (StoreError, TLSSetupError) as exc:
+    except (StoreError, TLSSetupError, PrivilegeError, ListenerError) as exc:
         print(f"mailserverd: {exc}", file=sys.stderr)
         return 1
     start_logging(config.log.level, log_format or config.log.format)
@@ -151,7 +155,11 @@ def run_server(config, log_format: str | None = None, on_ready: Callable | None 
     def failed(failure):
         from twisted.logger import Logger
 
-        Logger(namespace="mailserverd.service").failure("start failed", failure)
+        log = Logger(namespace="mailserverd.service")
+        if failure.check(ListenerError, PrivilegeError):
+            log.critical("start-failed: {error}", error=failure.value)
+        else:
+            log.failure("start failed", failure)
         status["code"] = 1
         reactor.stop()
 
@@ -162,6 +170,8 @@ def run_server(config, log_format: str | None = None, on_ready: Callable | None 
         d.addErrback(failed)
 
     reactor.addSystemEventTrigger("before", "shutdown", server.stop)
+    # SIGHUP (systemctl reload) reloads; the handler only queues the work for the reactor.
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(server.reload))
     reactor.callWhenRunning(begin)
     # The reactor thread gives up the GIL at every socket call; with the store's
     # writer and the check threads busy, CPython's default 5 ms switch interval
@@ -334,6 +344,22 @@ def build_parser() -> argparse.ArgumentParser:
     a = asub.add_parser("list", parents=[common])
     a.add_argument("domain", nargs="?")
     p.set_defaults(func=cmd_alias)
+
+    from mailserverd.cli_data import add_parsers  # backup, restore, fsck, export, import
+
+    add_parsers(sub, common)
+    from mailserverd.cli_queue import add_parser as add_queue_parser  # queue list, show
+
+    add_queue_parser(sub, common)
+    from mailserverd.cli_dkim import add_parser as add_dkim_parser  # dkim generate, list
+
+    add_dkim_parser(sub, common)
+    from mailserverd.cli_token import add_parser as add_token_parser  # token create, list, revoke
+
+    add_token_parser(sub, common)
+    from mailserverd.cli_spam import add_parser as add_spam_parser  # spam train, stats
+
+    add_spam_parser(sub, common)
     return parser
 
 

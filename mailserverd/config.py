@@ -44,6 +44,7 @@ __all__ = [
     "LISTENER_KINDS",
     "ListenerConfig",
     "LogConfig",
+    "MetricsConfig",
     "OutboundConfig",
     "ServerConfig",
     "TLSConfig",
@@ -57,18 +58,20 @@ __all__ = [
 DEFAULT_CONFIG_PATH = "/etc/mailserverd/mailserverd.toml"
 CONFIG_ENV_VAR = "MAILSERVERD_CONFIG"
 
-LISTENER_KINDS = ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s")
+LISTENER_KINDS = ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "https", "http")
 
 # The IANA ports; RFC 8314 §3.3 gives 465 to submission over implicit TLS.
 DEFAULT_PORTS = {
     "smtp": 25, "submission": 587, "smtps": 465,
     "imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995,
+    "https": 443, "http": 80,
 }
 _PROTOCOL_OF_KIND = {
     "smtp": "smtp", "submission": "smtp", "smtps": "smtp",
     "imap": "imap", "imaps": "imap", "pop3": "pop3", "pop3s": "pop3",
+    "https": "http", "http": "http",
 }
-_IMPLICIT_TLS_KINDS = frozenset({"smtps", "imaps", "pop3s"})
+_IMPLICIT_TLS_KINDS = frozenset({"smtps", "imaps", "pop3s", "https"})
 _SUBMISSION_KINDS = frozenset({"submission", "smtps"})
 
 
@@ -232,11 +235,13 @@ def _cipher_string(value: object, base: Path) -> str:
     return text
 
 
-def _key(default: Any = MISSING, check: Check = _string, **kwargs: Any) -> Any:
-    """Declare one config key: its default and the check its value must pass."""
+def _key(default: Any = MISSING, check: Check = _string, doc: str = "", **kwargs: Any) -> Any:
+    """Declare one config key: its default, the check its value must pass, and
+    ``doc``, one or two sentences for the configuration reference (docs/)."""
+    metadata = {"check": check, "doc": doc}
     if "default_factory" in kwargs:
-        return field(metadata={"check": check}, **kwargs)
-    return field(default=default, metadata={"check": check})
+        return field(metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata)
 
 
 # --- the schema
@@ -250,11 +255,19 @@ class ServerConfig:
     different count. Empty ``user``/``group`` mean: do not drop privileges.
     """
 
-    hostname: str = _key(check=_hostname, default_factory=socket.getfqdn)
-    data_dir: Path = _key(Path("/var/lib/mailserverd"), _path)
-    shards: int = _key(4, _integer(1, 256))
-    user: str = _key("", _string)
-    group: str = _key("", _string)
+    hostname: str = _key(check=_hostname, default_factory=socket.getfqdn,
+        doc="The name this server gives in greetings, Received headers and EHLO; the host's FQDN by default.")
+    data_dir: Path = _key(Path("/var/lib/mailserverd"), _path,
+        doc='Where the store keeps its LMDB environments (a local file system).')
+    shards: int = _key(4, _integer(1, 256),
+        doc='How many shard environments users are spread over; fixed once the data dir exists.')
+    user: str = _key("", _string,
+        doc='The user to run as once the ports are bound, when started as root (empty: stay).')
+    group: str = _key("", _string,
+        doc="The group to run as with ``user`` (empty: the user's primary group).")
+    socket_activation: bool = _key(False, _boolean,
+        doc="Take the listening sockets from systemd (mailserverd.socket) instead of binding: "
+            "each listener uses the passed socket bound to its address and port.")
 
 
 @dataclass(frozen=True)
@@ -265,10 +278,14 @@ class TLSConfig:
     files are opened by the TLS builder, not by the loader.
     """
 
-    cert: Path | None = _key(None, _path)
-    key: Path | None = _key(None, _path)
-    min_version: str = _key("TLSv1.2", _choice(*TLS_VERSIONS))
-    ciphers: str = _key(DEFAULT_CIPHERS, _cipher_string)
+    cert: Path | None = _key(None, _path,
+        doc='The PEM certificate chain every TLS listener presents.')
+    key: Path | None = _key(None, _path,
+        doc='The PEM private key of ``cert``.')
+    min_version: str = _key("TLSv1.2", _choice(*TLS_VERSIONS),
+        doc='The oldest TLS version accepted: ``TLSv1.2`` or ``TLSv1.3``.')
+    ciphers: str = _key(DEFAULT_CIPHERS, _cipher_string,
+        doc="The OpenSSL cipher list for TLS 1.2 (TLS 1.3 uses OpenSSL's suites).")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -280,18 +297,23 @@ class ListenerConfig:
     when loaded from a file.
     """
 
-    kind: str = _key(check=_choice(*LISTENER_KINDS))
-    address: str = _key("0.0.0.0", _ip_literal)
-    port: int = _key(check=_integer(1, 65535))
+    kind: str = _key(check=_choice(*LISTENER_KINDS),
+        doc='What to serve: ``smtp`` (MX), ``submission``, ``smtps``, ``imap``, ``imaps``, ``pop3``, '
+            '``pop3s``, ``https`` (the HTTP API, autoconfig and autodiscover over TLS) or ``http`` '
+            '(autoconfig only, in clear text).')
+    address: str = _key("0.0.0.0", _ip_literal,
+        doc='The IP address to listen on (``::`` for every IPv6 and IPv4 address).')
+    port: int = _key(check=_integer(1, 65535),
+        doc='The TCP port.')
 
     @property
     def protocol(self) -> str:
-        """``"smtp"``, ``"imap"`` or ``"pop3"``: which protocol core serves it."""
+        """``"smtp"``, ``"imap"``, ``"pop3"`` or ``"http"``: which protocol core serves it."""
         return _PROTOCOL_OF_KIND[self.kind]
 
     @property
     def implicit_tls(self) -> bool:
-        """True when TLS starts at connect (smtps, imaps, pop3s; RFC 8314 §3)."""
+        """True when TLS starts at connect (smtps, imaps, pop3s, RFC 8314 §3; https, RFC 9110 §4.3.3)."""
         return self.kind in _IMPLICIT_TLS_KINDS
 
     @property
@@ -304,15 +326,18 @@ class ListenerConfig:
 class AuthConfig:
     """``[auth]``: ``allow_plaintext`` permits passwords before TLS, i.e. in clear text."""
 
-    allow_plaintext: bool = _key(False, _boolean)
+    allow_plaintext: bool = _key(False, _boolean,
+        doc='Accept passwords before TLS, in clear text (for tests and trusted networks only).')
 
 
 @dataclass(frozen=True)
 class DNSConfig:
     """``[dns]``: ``resolver`` is ``""`` (system resolv.conf) or ``ip``/``ip:port``."""
 
-    resolver: str = _key("", _resolver)
-    timeout: int = _key(10, _integer(1, 60, "seconds"))
+    resolver: str = _key("", _resolver,
+        doc='The DNS server for MX, SPF, DKIM and DMARC lookups, ``ip`` or ``ip:port`` (empty: /etc/resolv.conf).')
+    timeout: int = _key(10, _integer(1, 60, "seconds"),
+        doc='Seconds one DNS query may take.')
 
     @property
     def resolver_address(self) -> tuple[str, int] | None:
@@ -325,7 +350,8 @@ class DeliveryConfig:
     """``[delivery]``: ``recipient_delimiter`` separates user and detail in
     ``user+detail@domain`` (RFC 5233 sub-addressing; ``""`` turns it off)."""
 
-    recipient_delimiter: str = _key("+", _delimiter)
+    recipient_delimiter: str = _key("+", _delimiter,
+        doc='Separates user and detail in ``user+detail@domain`` (RFC 5233); empty turns sub-addressing off.')
 
 
 @dataclass(frozen=True)
@@ -338,29 +364,63 @@ class InboundConfig:
     what a failing ``p=reject`` domain gets: ``reject`` or ``quarantine`` (Junk).
     """
 
-    authserv_id: str = _key("", _string)
-    spf: bool = _key(True, _boolean)
-    dkim: bool = _key(True, _boolean)
-    dmarc: bool = _key(True, _boolean)
-    dmarc_reject_action: str = _key("reject", _choice("reject", "quarantine"))
-    dnsbl_zones: tuple[str, ...] = _key((), _hostnames)
-    junk_threshold: float = _key(5.0, _number(-100.0, 1000.0))
-    reject_threshold: float = _key(10.0, _number(-100.0, 1000.0))
+    authserv_id: str = _key("", _string,
+        doc='The name this server uses in Authentication-Results headers (empty: the hostname).')
+    spf: bool = _key(True, _boolean,
+        doc='Check SPF (RFC 7208) for the envelope sender and the HELO name.')
+    dkim: bool = _key(True, _boolean,
+        doc='Verify DKIM signatures (RFC 6376).')
+    dmarc: bool = _key(True, _boolean,
+        doc="Evaluate the sender domain's DMARC policy (RFC 7489).")
+    dmarc_reject_action: str = _key("reject", _choice("reject", "quarantine"),
+        doc='What mail failing a ``p=reject`` policy gets: ``reject`` (550 5.7.1) or ``quarantine`` (Junk).')
+    dnsbl_zones: tuple[str, ...] = _key((), _hostnames,
+        doc="DNS block list zones asked about the client's address; each listing adds to the spam score.")
+    junk_threshold: float = _key(5.0, _number(-100.0, 1000.0),
+        doc='A spam score at or above this files the message in Junk.')
+    reject_threshold: float = _key(10.0, _number(-100.0, 1000.0),
+        doc='A spam score at or above this refuses the message with 550 5.7.1.')
+
+
+def _optional_hostname(value: object, base: Path) -> str:
+    """A domain name, or ``""`` for the default."""
+    return _hostname(value, base) if _require_string(value) else ""
 
 
 @dataclass(frozen=True)
 class OutboundConfig:
-    """``[outbound]``: ``port`` is the TCP port outbound delivery connects to."""
+    """``[outbound]``: ``port`` is the TCP port outbound delivery connects to;
+    ``helo_name`` our EHLO name (``""``: the hostname); ``starttls`` whether
+    STARTTLS is tried when offered (opportunistic, RFC 3207)."""
 
     port: int = _key(25, _integer(1, 65535))
+    helo_name: str = _key("", _optional_hostname)
+    starttls: bool = _key(True, _boolean)
 
 
 @dataclass(frozen=True)
 class LogConfig:
     """``[log]``: minimum ``level`` and ``format`` (text lines or JSON objects)."""
 
-    level: str = _key("info", _choice("debug", "info", "warn", "error"))
-    format: str = _key("text", _choice("text", "json"))
+    level: str = _key("info", _choice("debug", "info", "warn", "error"),
+        doc='The least important events logged: ``debug``, ``info``, ``warn`` or ``error``.')
+    format: str = _key("text", _choice("text", "json"),
+        doc='``text`` lines or one ``json`` object per event.')
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: the Prometheus endpoint, ``GET /metrics`` over plain HTTP on
+    ``address`` and ``port``; off unless ``enabled``. Anyone who can connect can
+    read it: keep it on a loopback or management address."""
+
+    enabled: bool = _key(False, _boolean,
+        doc='Serve metrics for Prometheus at ``http://address:port/metrics``.')
+    address: str = _key("127.0.0.1", _ip_literal,
+        doc='The IP address the metrics endpoint listens on (a local or management address: '
+            'the endpoint has no authentication and no TLS).')
+    port: int = _key(9154, _integer(1, 65535),
+        doc='The TCP port of the metrics endpoint.')
 
 
 @dataclass(frozen=True)
@@ -376,6 +436,7 @@ class Config:
     inbound: InboundConfig = field(default_factory=InboundConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     limits: Limits = field(default_factory=Limits)  # type: ignore[valid-type]
     path: str = ""
 
@@ -384,10 +445,10 @@ class Config:
 _TABLES: dict[str, type] = {
     "server": ServerConfig, "tls": TLSConfig, "auth": AuthConfig,
     "dns": DNSConfig, "delivery": DeliveryConfig, "inbound": InboundConfig,
-    "outbound": OutboundConfig, "log": LogConfig,
+    "outbound": OutboundConfig, "log": LogConfig, "metrics": MetricsConfig,
 }
 _ALL_TABLES = ("server", "tls", "listener", "auth", "dns", "delivery", "inbound", "outbound",
-               "log", "limits")
+               "log", "metrics", "limits")
 
 
 # --- reading
@@ -574,6 +635,7 @@ def _toml_string(text: str) -> str:
 _DEV_LISTENERS = (
     ("smtp", 2525), ("submission", 2587), ("smtps", 2465),
     ("imap", 1143), ("imaps", 1993), ("pop3", 1110), ("pop3s", 1995),
+    ("https", 8443), ("http", 8080),
 )
 
 

@@ -7,8 +7,10 @@ these attributes; it never builds a store, a TLS context or a pool itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from mailserverd.metrics import Metrics
 
 if TYPE_CHECKING:  # pragma: no cover - imports only for type checkers
     from twisted.internet.interfaces import IReactorTime
@@ -28,7 +30,8 @@ class ServerContext:
     is what ``transport.startTLS`` takes for STARTTLS/STLS. ``clock`` is the
     reactor (or a ``Clock`` in tests) for timeouts. Connection limits live in
     the listeners' wrapping factories (:mod:`mailserverd.connlimit`), outside
-    the protocols.
+    the protocols. ``metrics`` is the server's :class:`~mailserverd.metrics.Metrics`
+    (a fresh, unserved one by default).
     """
 
     config: "Config"
@@ -37,3 +40,7 @@ class ServerContext:
     delivery: "LocalDelivery"
     tls: "ServerTLS"
     clock: "IReactorTime"
+    metrics: Metrics = field(default_factory=Metrics)
+    #: The outbound queue's store (:class:`~mailserverd.store.queuestore.QueueStore`),
+    #: read by the HTTP gateway's status endpoint; None when not opened.
+    queue_store: "Any" = None

@@ -77,6 +77,12 @@ LIMIT_SPECS: tuple[LimitSpec, ...] = (
               "and firewall state alive, as Dovecot's imap_idle_notify_interval)."),
     LimitSpec("imap_unauth_timeout", 60, 5, 3600, "seconds",
               "Time a connection may stay unauthenticated."),
+    LimitSpec("imap_compress_level", 1, 1, 9, "zlib level",
+              "DEFLATE level of COMPRESS=DEFLATE output (RFC 4978 §4 suggests 1-5; higher "
+              "costs the server's CPU for little gain on mail)."),
+    LimitSpec("imap_inflate_step", 64 * KIB, 4 * KIB, 1 * MIB, "bytes",
+              "Input inflated at a time under COMPRESS=DEFLATE before the session reads "
+              "it, which bounds what a decompression bomb costs."),
     # --- POP3
     LimitSpec("pop3_line_max", 512, 255, 65536, "bytes",
               "Longest POP3 command line (RFC 2449 §4: 255 octets plus CRLF at least)."),
@@ -106,6 +112,19 @@ LIMIT_SPECS: tuple[LimitSpec, ...] = (
               "Open client connections over all listeners."),
     LimitSpec("connections_per_ip_max", 50, 1, 100000, "count",
               "Open client connections from one IP address."),
+    # --- HTTP gateway (mailserverd/web/)
+    LimitSpec("http_body_max", 72 * MIB, 64 * KIB, 3 * GIB, "bytes",
+              "Largest HTTP request body; base64 attachments need about 4/3 of "
+              "message_size_max. Refused by Content-Length first, else while read."),
+    LimitSpec("http_requests_per_minute", 600, 1, 1000000, "count",
+              "Sustained API requests per minute for one token or account (429 past it)."),
+    LimitSpec("http_requests_burst", 60, 1, 1000000, "count",
+              "API requests one token or account may make at once above the per-minute rate."),
+    LimitSpec("http_idle_timeout", 60, 5, 3600, "seconds",
+              "Idle time before an HTTP connection is closed (also while a body is sent)."),
+    LimitSpec("http_status_retention", 7 * 86400, 3600, 365 * 86400, "seconds",
+              "How long GET /api/v1/messages/{id} can show a sent message (and its "
+              "idempotency key is remembered)."),
     # --- Store
     LimitSpec("store_map_size", 64 * GIB, 1 * MIB, 1 << 40, "bytes",
               "Maximum size of each LMDB environment (sparse; the file grows as needed)."),
@@ -116,21 +135,50 @@ LIMIT_SPECS: tuple[LimitSpec, ...] = (
     LimitSpec("store_parse_workers", 2, 1, 64, "count",
               "Worker processes that parse incoming messages into their stored IMAP facts "
               "(processes, so that parsing uses other cores than the reactor's)."),
+    # --- search index (mailserverd/search/)
+    LimitSpec("search_index_batch", 500, 1, 100000, "count",
+              "Messages the indexer adds to the search index in one transaction."),
+    LimitSpec("search_index_interval", 1, 1, 3600, "seconds",
+              "How often the indexer looks for changes to add to the search index when idle."),
+    LimitSpec("search_text_max", 4 * MIB, 64 * KIB, 1 * GIB, "bytes",
+              "Decoded text of one message above which it is not indexed by grams "
+              "(every text search then reads its stored text)."),
+    LimitSpec("search_verify_direct_max", 200, 0, 100000, "count",
+              "Messages at or below which a text key reads their stored text "
+              "directly instead of narrowing by the index's grams first."),
+    # --- the spam classifier (mailserverd/delivery/bayes.py, spamtrainer.py)
+    LimitSpec("spam_training_min", 20, 1, 1000000, "count",
+              "Messages of each class (spam, ham) a user's own spam model needs before "
+              "it is used; until then the site-wide model decides."),
+    LimitSpec("spam_tokens_max", 1000, 10, 100000, "count",
+              "Distinct tokens the spam classifier takes from one message."),
+    LimitSpec("spam_message_max", 512 * KIB, 16 * KIB, 50 * MIB, "bytes",
+              "Messages larger than this are neither classified nor learnt from by the "
+              "spam classifier (the rules still score them)."),
+    LimitSpec("spam_train_batch", 200, 1, 100000, "count",
+              "Messages the spam trainer learns from in one transaction."),
+    LimitSpec("spam_train_interval", 1, 1, 3600, "seconds",
+              "How often the spam trainer looks for moves into and out of Junk when idle."),
     LimitSpec("mailbox_name_max", 400, 16, 480, "bytes",
               "Longest mailbox name in UTF-8 (LMDB keys are at most 511 bytes)."),
     LimitSpec("mailboxes_per_user_max", 10000, 10, 1000000, "count",
               "Mailboxes one user may have."),
     LimitSpec("quota_default", 0, 0, 1 << 50, "bytes",
               "Storage quota for new users; 0 means unlimited."),
+    LimitSpec("import_batch_max", 64, 1, 10000, "count",
+              "Messages mailserverd import has in flight at once (committed together; "
+              "also at most message_size_max bytes)."),
     LimitSpec("shutdown_timeout", 30, 0, 3600, "seconds",
               "Time sessions get to finish on SIGTERM."),
+    LimitSpec("metrics_idle_timeout", 60, 1, 3600, "seconds",
+              "Idle time before a connection to the metrics endpoint is closed."),
     # --- Outbound queue (Postfix's qmgr defaults)
     LimitSpec("queue_retry_min", 300, 1, 86400, "seconds",
               "Delay before the first retry of a deferred recipient; doubles at each "
               "attempt (Postfix's minimal_backoff_time)."),
     LimitSpec("queue_retry_max", 14400, 1, 604800, "seconds",
               "Longest delay between two attempts (Postfix's maximal_backoff_time)."),
-    LimitSpec("queue_lifetime", 432000, 60, 30 * 86400, "seconds",
+    LimitSpec("queue_lifetime", 432000, 1, 30 * 86400, "seconds",
               "Time a recipient may stay undelivered before it bounces (5 days; "
               "RFC 5321 §4.5.4.1: at least 4-5 days)."),
     LimitSpec("queue_active_max", 1000, 1, 1000000, "count",
@@ -138,9 +186,22 @@ LIMIT_SPECS: tuple[LimitSpec, ...] = (
               "the rest wait in the store."),
     LimitSpec("queue_destination_concurrency", 10, 1, 1000, "count",
               "Deliveries in progress to one destination domain at once."),
+    LimitSpec("queue_destination_rate", 0, 0, 100000, "count",
+              "Delivery attempts started per destination domain per minute; 0: no limit."),
     LimitSpec("queue_scan_interval", 60, 1, 3600, "seconds",
               "Longest time between two looks at the queue for due recipients (for "
               "changes made by other processes)."),
+    LimitSpec("queue_control_interval", 1, 1, 60, "seconds",
+              "How often the scheduler looks for changes the CLI made to the queue "
+              "(flush, retry, hold, release, remove)."),
+    LimitSpec("queue_delay_warning", 14400, 0, 30 * 86400, "seconds",
+              "Time undelivered after which the sender gets one delay notice "
+              "(RFC 3464 action=delayed; Postfix's delay_warning_time); 0: never."),
+    LimitSpec("queue_done_retention", 7 * 86400, 0, 365 * 86400, "seconds",
+              "How long the final state of each recipient of a message that left the "
+              "queue is kept, for the HTTP status endpoint (0: not kept)."),
+    LimitSpec("dkim_sign_threads", 2, 1, 64, "count",
+              "Threads signing outgoing mail with DKIM."),
     # --- SMTP client (outbound), RFC 5321 §4.5.3.2 timeouts
     LimitSpec("smtp_client_connect_timeout", 30, 1, 600, "seconds",
               "Time to open a TCP connection to a remote MX."),

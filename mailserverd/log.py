@@ -113,8 +113,21 @@ class LineObserver:
             pass  # a closed stderr must never take the server down
 
 
+#: The running level filter, for :func:`set_level` (a reload).
+_ACTIVE: dict[str, LogLevelFilterPredicate] = {}
+
+
 def start_logging(level: str = "info", fmt: str = "text", stream: IO[str] | None = None) -> None:
     """Send all twisted.logger events at ``level`` or above to ``stream`` (stderr)."""
     predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
     observer = FilteringLogObserver(LineObserver(stream or sys.stderr, fmt), [predicate])
+    _ACTIVE["predicate"] = predicate
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False, discardBuffer=True)
+
+
+def set_level(level: str) -> None:
+    """Change the running log's lowest level (``[log] level`` at a reload);
+    does nothing before :func:`start_logging`."""
+    predicate = _ACTIVE.get("predicate")
+    if predicate is not None:
+        predicate.setLogLevelForNamespace("", LEVELS[level])

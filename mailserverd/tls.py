@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 
 from OpenSSL import SSL
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
 #: Protocol version names accepted in ``[tls] min_version``.
@@ -94,6 +94,46 @@ class ServerTLS:
         return SSL.Connection(self._context, None)
 
 
+def build_client_context(min_version: str = "TLSv1.2", ciphers: str = DEFAULT_CIPHERS) -> SSL.Context:
+    """A client context for opportunistic STARTTLS to other MTAs (RFC 3207, RFC 7435).
+
+    The peer's certificate is not verified: with opportunistic TLS an
+    unverifiable certificate still encrypts better than clear text, and
+    authenticated policies (MTA-STS, DANE) will verify on their own terms.
+    """
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(TLS_VERSIONS[min_version])
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+    ctx.set_cipher_list(ciphers.encode("ascii"))
+    # No Python callback: pyOpenSSL makes one with ffi.callback, which needs
+    # writable executable memory, refused under MemoryDenyWriteExecute=yes.
+    ctx.set_verify(SSL.VERIFY_NONE)
+    return ctx
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class ClientTLS:
+    """Creates client-side TLS connections for STARTTLS to ``server_name`` (sent as SNI).
+
+    What ``transport.startTLS`` takes on the outbound side; ``context`` is one
+    :func:`build_client_context` shared by all connections.
+    """
+
+    def __init__(self, context: SSL.Context, server_name: str):
+        self._context = context
+        self._server_name = server_name
+
+    def clientConnectionForTLS(self, tlsProtocol) -> SSL.Connection:  # noqa: N802 (Twisted's name)
+        connection = SSL.Connection(self._context, None)
+        connection.set_connect_state()
+        if self._server_name:
+            try:
+                connection.set_tlsext_host_name(self._server_name.encode("idna"))
+            except (UnicodeError, ValueError):
+                pass  # a name that cannot be SNI: connect without it
+        return connection
+
+
 def connection_of(transport: object) -> SSL.Connection | None:
     """The pyOpenSSL connection under ``transport``, or None when TLS is not on.
 
@@ -127,6 +167,19 @@ def describe(transport: object) -> str:
     bits = connection.get_cipher_bits()
     return f"{connection.get_protocol_version_name()} with cipher {connection.get_cipher_name()} " \
            f"({bits}/{bits} bits)"
+
+
+#: What a failed TLS handshake (or a broken TLS record) fails with.
+TLSError = SSL.Error
+
+
+def negotiated_version(transport: object) -> str:
+    """``"TLSv1.3"``: the protocol version of ``transport``'s finished TLS
+    session, or ``""`` when TLS is not on."""
+    connection = connection_of(transport)
+    if connection is None or connection.get_cipher_name() is None:
+        return ""
+    return connection.get_protocol_version_name()
 
 
 def write_self_signed(cert_path: str, key_path: str, hostnames: list[str]) -> None:

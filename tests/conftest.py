@@ -7,7 +7,9 @@ and on teardown sends SIGTERM and asserts a clean exit with no traceback logged.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -72,6 +74,16 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str
         time.sleep(interval)
 
 
+def raise_nofile(wanted: int) -> int:
+    """Raise RLIMIT_NOFILE's soft limit towards ``wanted`` (capped by the hard limit);
+    return the soft limit now. A daemon started afterwards inherits it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def mailserverd_command() -> list[str]:
     return [sys.executable, "-m", "mailserverd"]
 
@@ -105,15 +117,20 @@ class Daemon:
         self.cli("user", "add", address, "--password-stdin", stdin=password + "\n")
         self.users[address] = password
 
-    def start(self) -> None:
+    def start(self, command: list[str] | None = None, env: dict[str, str] | None = None,
+              pass_fds: tuple[int, ...] = (), wait: bool = True) -> None:
+        """Run ``mailserverd serve`` (or ``command``, a wrapper that ends up running
+        it) with ``env`` added to the environment; wait until every port accepts."""
         log = open(self.log_path, "ab")
         self.log_offset = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
-            mailserverd_command() + ["serve", "-c", str(self.config_path)],
+            command or mailserverd_command() + ["serve", "-c", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+            env={**os.environ, **(env or {})}, pass_fds=pass_fds,
         )
         log.close()
-        wait_for(self._all_listening, timeout=60, what="mailserverd listeners")
+        if wait:
+            wait_for(self._all_listening, timeout=60, what="mailserverd listeners")
 
     def _all_listening(self) -> bool:
         if self.proc.poll() is not None:
@@ -250,3 +267,22 @@ def daemon(tmp_path):
     yield d
     if d.proc is not None and d.proc.poll() is None:
         d.stop()
+
+
+@contextlib.contextmanager
+def tmpfs(mount_point: Path, options: str):
+    """A tmpfs mounted at ``mount_point`` (created) with mount ``options`` (e.g.
+    ``size=1m`` or ``ro``) while the block runs; needs root: skips without it,
+    fails under CI as root. Unmounted afterwards."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        message = f"cannot mount a tmpfs (needs root): {result.stderr.strip()}"
+        if IN_CI and os.geteuid() == 0:
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

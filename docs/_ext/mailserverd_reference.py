@@ -4,6 +4,7 @@
 from :mod:`mailserverd.config` (each field's ``doc``, default and table) and
 every ``[limits]`` entry from :data:`mailserverd.limits.LIMIT_SPECS`.
 ``.. mailserverd-cli::`` renders the command line from ``cli.build_parser()``.
+``.. mailserverd-metrics::`` renders every metric of :data:`mailserverd.metrics.METRIC_SPECS`.
 """
 
 from __future__ import annotations
@@ -96,6 +97,20 @@ def cli_lines() -> list[str]:
     return lines
 
 
+def metrics_lines() -> list[str]:
+    """Every exported metric: its name, type, labels and meaning."""
+    from mailserverd.metrics import METRIC_SPECS
+
+    kinds = {"counter": "counter", "gauge": "gauge", "histogram": "histogram",
+             "sampled": "gauge, read at each scrape"}
+    lines: list[str] = []
+    for spec in METRIC_SPECS:
+        labels = ", ".join(f"``{label}``" for label in spec.labels) or "none"
+        lines += [f"``{spec.exported}``",
+                  f"   *{kinds[spec.kind]}*; labels: {labels}. {spec.doc}", ""]
+    return lines
+
+
 class _Generated(Directive):
     has_content = False
     make_lines = staticmethod(lambda: [])
@@ -115,7 +130,12 @@ class CliReference(_Generated):
     make_lines = staticmethod(cli_lines)
 
 
+class MetricsReference(_Generated):
+    make_lines = staticmethod(metrics_lines)
+
+
 def setup(app):
     app.add_directive("mailserverd-config", ConfigReference)
     app.add_directive("mailserverd-cli", CliReference)
+    app.add_directive("mailserverd-metrics", MetricsReference)
     return {"parallel_read_safe": True, "version": "1"}

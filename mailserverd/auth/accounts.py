@@ -22,6 +22,7 @@ from twisted.python.threadpool import ThreadPool
 from mailserverd.auth.passwords import check_password, make_credentials
 from mailserverd.auth.throttle import LoginThrottle
 from mailserverd.mail.address import AddressError, canonical, parse_address
+from mailserverd.metrics import Metrics
 from mailserverd.store.errors import StoreError
 from mailserverd.store.types import Credentials, ScramSecrets
 
@@ -65,15 +66,17 @@ class Authenticator:
     (auth_* limits, bcrypt_cost, scram_iterations); ``clock`` provides
     ``seconds()``/``callLater`` for throttling and the failure delay;
     ``reactor`` runs thread results back on the reactor thread (the global
-    reactor if ``None``). Call :meth:`start` before use and :meth:`stop` at
+    reactor if ``None``); ``metrics`` (:class:`~mailserverd.metrics.Metrics`)
+    counts each login. Call :meth:`start` before use and :meth:`stop` at
     shutdown (it joins the threads).
     """
 
     _log = Logger()
 
     def __init__(self, directory: Any, limits: Any, clock: IReactorTime,
-                 reactor: IReactorFromThreads | None = None):
+                 reactor: IReactorFromThreads | None = None, metrics: Metrics | None = None):
         self._directory = directory
+        self._metrics = metrics if metrics is not None else Metrics()
         self._limits = limits
         self._clock = clock
         self._reactor = reactor
@@ -116,29 +119,30 @@ class Authenticator:
             return name[:LOGIN_NAME_MAX].lower()
 
     def authenticate(self, address: str, password: str, client_ip: str, *,
-                     mechanism: str = "LOGIN") -> defer.Deferred[str]:
+                     mechanism: str = "LOGIN", protocol: str = "") -> defer.Deferred[str]:
         """Check ``password`` for ``address`` (any case; parsed here).
 
         Fires with the canonical user address. Fails with :class:`AuthFailed`
         (unknown user or wrong password, after ``auth_failure_delay``),
         :class:`AuthThrottled` (after the same delay; no password is checked),
         or :class:`AuthUnavailable` (at once: too many checks waiting, or the
-        store failed). ``mechanism`` is only logged (``LOGIN`` for IMAP LOGIN,
-        ``USER`` for POP3, SASL mechanism names otherwise). Side effects: a
-        ``login`` log event, throttle counters updated.
+        store failed). ``mechanism`` (``LOGIN`` for IMAP LOGIN, ``USER`` for
+        POP3, SASL mechanism names otherwise) and ``protocol`` (smtp, imap,
+        pop3) are only logged and counted. Side effects: a ``login`` log
+        event and metric, throttle counters updated.
         """
         key = self.login_key(address)
         if self.throttle.is_blocked(client_ip, key):
-            self._log_login(key, client_ip, mechanism, AuthThrottled.result)
+            self._log_login(key, client_ip, mechanism, AuthThrottled.result, protocol)
             return self._fail_later(AuthThrottled("too many failed logins; try later"))
         if self._in_flight >= self._limits.auth_pool_threads + self._limits.auth_pool_queue_max:
-            self._log_login(key, client_ip, mechanism, AuthUnavailable.result)
+            self._log_login(key, client_ip, mechanism, AuthUnavailable.result, protocol)
             return defer.fail(AuthUnavailable("authentication service busy"))
         try:
             user = self._directory.get_user(key)
         except StoreError as error:
             self._log.failure("user lookup failed for {user!r}", user=key)
-            self._log_login(key, client_ip, mechanism, AuthUnavailable.result)
+            self._log_login(key, client_ip, mechanism, AuthUnavailable.result, protocol)
             return defer.fail(AuthUnavailable(f"directory error: {type(error).__name__}"))
         credentials = user.credentials if user is not None else None
         self._in_flight += 1
@@ -151,11 +155,13 @@ class Authenticator:
 
         checked.addBoth(finished)
         checked.addCallback(
-            lambda matched: self.record_result(key, client_ip, succeeded=matched, mechanism=mechanism)
+            lambda matched: self.record_result(key, client_ip, succeeded=matched, mechanism=mechanism,
+                                               protocol=protocol)
         )
         return checked
 
-    def check_throttle(self, address: str, client_ip: str, *, mechanism: str) -> defer.Deferred[str]:
+    def check_throttle(self, address: str, client_ip: str, *, mechanism: str,
+                       protocol: str = "") -> defer.Deferred[str]:
         """For mechanisms that verify proofs themselves (SCRAM): may this exchange go on?
 
         Fires at once with the login key of ``address`` if neither the IP nor
@@ -164,12 +170,12 @@ class Authenticator:
         """
         key = self.login_key(address)
         if self.throttle.is_blocked(client_ip, key):
-            self._log_login(key, client_ip, mechanism, AuthThrottled.result)
+            self._log_login(key, client_ip, mechanism, AuthThrottled.result, protocol)
             return self._fail_later(AuthThrottled("too many failed logins; try later"))
         return defer.succeed(key)
 
     def record_result(self, address: str, client_ip: str, *, succeeded: bool,
-                      mechanism: str) -> defer.Deferred[str]:
+                      mechanism: str, protocol: str = "") -> defer.Deferred[str]:
         """Account for a finished login: log it, update the throttle, answer it.
 
         Fires with the canonical user address on success; fails with
@@ -178,10 +184,10 @@ class Authenticator:
         key = self.login_key(address)
         if succeeded:
             self.throttle.record_success(client_ip, key)
-            self._log_login(key, client_ip, mechanism, "ok")
+            self._log_login(key, client_ip, mechanism, "ok", protocol)
             return defer.succeed(key)
         self.throttle.record_failure(client_ip, key)
-        self._log_login(key, client_ip, mechanism, AuthFailed.result)
+        self._log_login(key, client_ip, mechanism, AuthFailed.result, protocol)
         return self._fail_later(AuthFailed("invalid credentials"))
 
     # -- SCRAM
@@ -242,9 +248,11 @@ class Authenticator:
             self._reactor = reactor
         return self._reactor
 
-    def _log_login(self, user: str, ip: str, mechanism: str, result: str) -> None:
-        """One ``login`` event; never carries the password."""
+    def _log_login(self, user: str, ip: str, mechanism: str, result: str, protocol: str) -> None:
+        """One ``login`` event and metric; never carries the password."""
+        self._metrics.login(protocol, mechanism, result)
         self._log.info(
-            "login user={user!r} ip={ip} mechanism={mechanism} result={result}",
-            event="login", user=user, ip=ip, mechanism=mechanism, result=result,
+            "login user={user!r} ip={ip} mechanism={mechanism} result={result} protocol={protocol}",
+            event="login", protocol=protocol or "-", user=user, ip=ip, mechanism=mechanism,
+            result=result,
         )

@@ -3,7 +3,7 @@
 Every protocol drives a mechanism the same way::
 
     mech = create_mechanism(name, authenticator, client_ip, tls_active,
-                            allow_plaintext=config_allows_plaintext)
+                            allow_plaintext=config_allows_plaintext, protocol="imap")
     step = yield mech.step(initial_response)   # bytes, b"" for "=", or None
     while isinstance(step, SaslChallenge):
         send base64(step.data) as a challenge (SMTP 334, IMAP "+", POP3 "+")
@@ -144,11 +144,13 @@ def decode_initial_response(token: bytes) -> bytes | None:
 
 def create_mechanism(name: str | bytes, authenticator: Authenticator, client_ip: str,
                      tls_active: bool, *, allow_plaintext: bool = False,
-                     nonce_factory: Callable[[], str] | None = None) -> "SaslMechanism":
+                     nonce_factory: Callable[[], str] | None = None,
+                     protocol: str = "") -> "SaslMechanism":
     """A new server-side exchange for mechanism ``name`` (case-insensitive).
 
     ``nonce_factory`` makes SCRAM's server nonce part (printable ASCII without
-    ","); tests inject one. Raises :class:`UnknownMechanism` or
+    ","); tests inject one. ``protocol`` (smtp, imap, pop3) labels the login
+    in the log and the metrics. Raises :class:`UnknownMechanism` or
     :class:`MechanismNotAllowed` (see :func:`mechanisms`).
     """
     if isinstance(name, bytes):
@@ -159,10 +161,10 @@ def create_mechanism(name: str | bytes, authenticator: Authenticator, client_ip:
     if name not in mechanisms(tls_active, allow_plaintext):
         raise MechanismNotAllowed(name)
     if name == PLAIN:
-        return PlainMechanism(authenticator, client_ip)
+        return PlainMechanism(authenticator, client_ip, protocol)
     if name == LOGIN:
-        return LoginMechanism(authenticator, client_ip)
-    return ScramSha256Mechanism(authenticator, client_ip, nonce_factory or _default_nonce)
+        return LoginMechanism(authenticator, client_ip, protocol)
+    return ScramSha256Mechanism(authenticator, client_ip, protocol, nonce_factory or _default_nonce)
 
 
 class SaslMechanism:
@@ -170,9 +172,10 @@ class SaslMechanism:
 
     name = ""
 
-    def __init__(self, authenticator: Authenticator, client_ip: str):
+    def __init__(self, authenticator: Authenticator, client_ip: str, protocol: str = ""):
         self._authenticator = authenticator
         self._client_ip = client_ip
+        self._protocol = protocol
         self._next: Callable[[bytes | None], defer.Deferred[SaslStep]] | None = self._start
         self.finished = False
 
@@ -263,7 +266,7 @@ class PlainMechanism(SaslMechanism):
         if authzid and login_key(authzid) != login_key(authcid):
             return self._final(SaslFailure(FAILURE_AUTHORIZATION, "authorization identity differs"))
         return self._outcome(self._authenticator.authenticate(
-            authcid, password, self._client_ip, mechanism=self.name))
+            authcid, password, self._client_ip, mechanism=self.name, protocol=self._protocol))
 
 
 class LoginMechanism(SaslMechanism):
@@ -292,7 +295,7 @@ class LoginMechanism(SaslMechanism):
         if password is None:
             return self._final(SaslFailure(FAILURE_MALFORMED, "LOGIN password not UTF-8"))
         return self._outcome(self._authenticator.authenticate(
-            self._user, password, self._client_ip, mechanism=self.name))
+            self._user, password, self._client_ip, mechanism=self.name, protocol=self._protocol))
 
 
 # --------------------------------------------------------------------------
@@ -389,8 +392,9 @@ class ScramSha256Mechanism(SaslMechanism):
 
     name = SCRAM_SHA_256
 
-    def __init__(self, authenticator: Authenticator, client_ip: str, nonce_factory: Callable[[], str]):
-        super().__init__(authenticator, client_ip)
+    def __init__(self, authenticator: Authenticator, client_ip: str, protocol: str,
+                 nonce_factory: Callable[[], str]):
+        super().__init__(authenticator, client_ip, protocol)
         self._nonce_factory = nonce_factory
 
     def _start(self, client_data: bytes | None) -> defer.Deferred[SaslStep]:
@@ -409,7 +413,7 @@ class ScramSha256Mechanism(SaslMechanism):
             return self._final(SaslFailure(FAILURE_AUTHORIZATION, "authorization identity differs"))
         self._first = parsed
         admitted = self._authenticator.check_throttle(
-            parsed.username, self._client_ip, mechanism=self.name)
+            parsed.username, self._client_ip, mechanism=self.name, protocol=self._protocol)
         return admitted.addCallbacks(self._server_first, self._auth_failure)
 
     def _server_first(self, _login_key: str) -> SaslStep:
@@ -450,7 +454,8 @@ class ScramSha256Mechanism(SaslMechanism):
         server_final = b"v=" + base64.b64encode(scram_server_signature(self._secrets, auth_message))
         return self._outcome(
             self._authenticator.record_result(
-                self._first.username, self._client_ip, succeeded=valid, mechanism=self.name),
+                self._first.username, self._client_ip, succeeded=valid, mechanism=self.name,
+                protocol=self._protocol),
             server_data=server_final,
         )
 

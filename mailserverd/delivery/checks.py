@@ -12,7 +12,7 @@ Authentication-Results and X-Spam-* fields, and what to do with the message
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -76,12 +76,14 @@ class InboundSettings:
 @dataclass(frozen=True)
 class Envelope:
     """The SMTP transaction around a message: client address, HELO name,
-    MAIL FROM (``""`` for the null reverse-path) and the recipients."""
+    MAIL FROM (``""`` for the null reverse-path), the recipients, and the
+    local ``users`` they reach (each classified against its own spam model)."""
 
     client_ip: str
     helo: str
     mail_from: str
     recipients: tuple[str, ...]
+    users: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,13 @@ class Verdict:
     ``"junk"`` or ``"reject"``; ``reply`` is the 550 5.7.1 to send for
     ``"reject"`` (else ``None``). ``results`` holds each check's result for
     logs and tests (``spf``, ``spf_helo``, ``dkim`` (a list), ``dmarc``,
-    ``dmarc_disposition``, ``dnsbl`` (listed zones), ``tests``, ``from_domain``).
+    ``dmarc_disposition``, ``dnsbl`` (listed zones), ``tests``, ``from_domain``,
+    ``bayes`` ({user: spam probability})).
+
+    ``by_user`` holds the Verdict of each user the learning classifier had a
+    model for (its X-Spam-* fields and action differ per user); the others
+    get this one. ``"reject"`` here means every user's verdict rejects; one
+    user's own "reject" among users who take the message means Junk.
     """
 
     message: bytes
@@ -102,6 +110,11 @@ class Verdict:
     score: float
     reply: MailError | None
     results: dict = field(default_factory=dict)
+    by_user: dict = field(default_factory=dict)
+
+    def for_user(self, user: str) -> "Verdict":
+        """The verdict for ``user``: its own, or the message's."""
+        return self.by_user.get(user, self)
 
 
 def from_domain_of(message: bytes) -> tuple[str, bool]:
@@ -146,16 +159,20 @@ def _run_jobs(jobs: list[tuple]) -> tuple[dict, list]:
 class InboundChecks:
     """Runs the inbound checks for each received message (see the module docstring).
 
-    Takes the :class:`InboundSettings` and the reactor (the global one by
-    default). Call :meth:`start` before the first :meth:`check` (it is safe
-    from ``reactor.callWhenRunning``) and :meth:`stop` at shutdown.
+    Takes the :class:`InboundSettings`, the reactor (the global one by
+    default) and the learning ``classifier`` (a
+    :class:`mailserverd.delivery.bayes.SpamClassifier`, or None for none),
+    run in the same pool job as the other checks. Call :meth:`start` before
+    the first :meth:`check` (it is safe from ``reactor.callWhenRunning``) and
+    :meth:`stop` at shutdown.
     """
 
-    def __init__(self, settings: InboundSettings, reactor: Any = None):
+    def __init__(self, settings: InboundSettings, reactor: Any = None, classifier: Any = None):
         if reactor is None:
             from twisted.internet import reactor as global_reactor
             reactor = global_reactor
         self.settings = settings
+        self.classifier = classifier
         self._reactor = reactor
         self._resolver = BlockingResolver(settings.resolver, settings.dns_timeout,
                                           settings.dns_cache_entries)
@@ -212,6 +229,8 @@ class InboundChecks:
                          dmarc_check.discover_policy, (resolver, from_domain)))
         for zone in settings.dnsbl_zones:
             jobs.append(("dnsbl:" + zone, None, spam.dnsbl_listed, (resolver, envelope.client_ip, zone)))
+        if self.classifier is not None and envelope.users:
+            jobs.append(("bayes", {}, self.classifier.classify, (message, envelope.users)))
         return jobs
 
     def _log_job_errors(self, ran: tuple[dict, list]) -> dict:
@@ -259,14 +278,46 @@ class InboundChecks:
         results["dnsbl"] = listed
         tests += ["DNSBL_LISTED:" + zone for zone in listed]
         tests += spam.header_findings(message)
-        score = spam.total_score(tests)
         results["tests"] = tests
-        action, reply = self._decide(score, dmarc)
-        fields = [authresults.format_field(settings.authserv_id, methods)]
-        fields += spam.status_fields(score, tests, settings.junk_threshold)
         cleaned = authresults.remove_claiming(message, settings.authserv_id)
+        auth_field = authresults.format_field(settings.authserv_id, methods)
+        verdict = self._scored(cleaned, auth_field, tests, dmarc, results)
+        classified = {user: found for user, found in outcomes.get("bayes", {}).items() if found is not None}
         # No log line here: the caller's one delivery line carries these results.
+        if not classified:
+            return verdict
+        return self._per_user(verdict, classified, cleaned, auth_field, tests, dmarc, envelope.users)
+
+    def _scored(self, cleaned: bytes, auth_field: bytes, tests: list[str],
+                dmarc: dmarc_check.DMARCResult | None, results: dict,
+                bayes: float | None = None) -> Verdict:
+        """The verdict for the rules ``tests`` fired: score, action, and the
+        message with our Authentication-Results and X-Spam-* fields on top."""
+        score = spam.total_score(tests)
+        action, reply = self._decide(score, dmarc)
+        fields = [auth_field] + spam.status_fields(score, tests, self.settings.junk_threshold, bayes)
         return Verdict(authresults.prepend_fields(cleaned, fields), action, score, reply, results)
+
+    def _per_user(self, verdict: Verdict, classified: dict, cleaned: bytes, auth_field: bytes,
+                  tests: list[str], dmarc: dmarc_check.DMARCResult | None,
+                  users: tuple[str, ...]) -> Verdict:
+        """Add each classified user's own verdict (the rules plus BAYES_*) to ``verdict``.
+
+        SMTP has one reply for the whole message (RFC 5321 §4.2.5): it is
+        refused only when every user's verdict refuses it; otherwise a user
+        whose verdict refuses gets it in Junk.
+        """
+        by_user = {}
+        for user, found in classified.items():
+            own = tests + spam.bayes_tests(found.probability)
+            by_user[user] = self._scored(cleaned, auth_field, own, dmarc, {
+                "tests": own, "bayes": round(found.probability, 3), "model": found.model},
+                found.probability)
+        verdict.results["bayes"] = {user: by_user[user].results["bayes"] for user in by_user}
+        everyone = [by_user.get(user, verdict) for user in users]
+        if all(each.action == "reject" for each in everyone):
+            return replace(verdict, action="reject", reply=everyone[0].reply, by_user=by_user)
+        return replace(_taken(verdict), by_user={user: _taken(each) for user, each in by_user.items()})
 
     def _dmarc(self, outcomes: dict, envelope: Envelope, from_domain: str, from_ok: bool,
                mailfrom: spf_check.SPFResult | None) -> dmarc_check.DMARCResult | None:
@@ -311,6 +362,11 @@ class InboundChecks:
     def _failed(self, failure: Failure, message: bytes, envelope: Envelope) -> Verdict:
         log.failure("inbound-error client={ip}", failure, ip=envelope.client_ip)
         return self._fallback(message)
+
+
+def _taken(verdict: Verdict) -> Verdict:
+    """``verdict`` for a message that is accepted: a rejection becomes Junk."""
+    return replace(verdict, action="junk", reply=None) if verdict.action == "reject" else verdict
 
 
 def _dkim_methods(signatures: list[dkim_check.DKIMResult]) -> list[authresults.MethodResult]:

@@ -1,4 +1,5 @@
-"""Blocking DNS lookups against the configured resolver, for the inbound checks.
+"""DNS lookups against the configured resolver: blocking for the inbound checks,
+asynchronous (twisted.names) for outbound routing.
 
 SPF, DKIM, DMARC and DNSBL all look names up through one
 :class:`BlockingResolver`: it asks the resolver named in ``[dns] resolver``
@@ -14,9 +15,12 @@ empty answer; SERVFAIL, a timeout or an unreachable resolver is
 
 from __future__ import annotations
 
+import socket
+
 import dns.exception
 import dns.name
 import dns.resolver
+from twisted.internet.defer import Deferred, DeferredList
 
 
 class DNSTempError(Exception):
@@ -98,3 +102,64 @@ class BlockingResolver:
         """Return the A (or ``rtype="AAAA"``) addresses at ``name`` as text."""
         return [rdata.address for rdata in self.records(name, rtype)]
 
+
+
+class AsyncResolver:
+    """Lookups on the reactor through ``twisted.names``, with :class:`BlockingResolver`'s
+    answer contract: no such name and no data are both ``[]``; SERVFAIL, a
+    refusal or a timeout fail the Deferred with :class:`DNSTempError`.
+
+    Takes the same ``address`` (``(ip, port)`` or ``None`` for
+    /etc/resolv.conf) and ``timeout`` (seconds for one lookup), and the reactor.
+    """
+
+    def __init__(self, address: tuple[str, int] | None, timeout: float, reactor=None):
+        from twisted.names import client
+
+        self.timeout = timeout
+        if address is None:
+            self._resolver = client.Resolver(resolv="/etc/resolv.conf", reactor=reactor)
+        else:
+            self._resolver = client.Resolver(servers=[address], reactor=reactor)
+
+    def _records(self, lookup, name: str, rtype: int) -> Deferred:
+        from twisted.names import error as names_error
+
+        def answers(result):
+            return [record.payload for record in result[0] if record.type == rtype]
+
+        def failed(failure):
+            if failure.check(names_error.DNSNameError):
+                return []
+            raise DNSTempError(f"{name}: {failure.value.__class__.__name__}")
+
+        return lookup(name, timeout=(self.timeout,)).addCallbacks(answers, failed)
+
+    def mx(self, name: str) -> Deferred:
+        """Fires with ``[(preference, exchange)]`` (``exchange`` ``""`` for the root, RFC 7505)."""
+        from twisted.names import dns as names_dns
+
+        found = self._records(self._resolver.lookupMailExchange, name, names_dns.MX)
+        return found.addCallback(lambda records: [
+            (record.preference, str(record.name).rstrip(".").lower()) for record in records])
+
+    def addresses(self, name: str) -> Deferred:
+        """Fires with the IPv4 then the IPv6 addresses of ``name`` as text; a
+        temporary failure of both lookups fails with DNSTempError."""
+        from twisted.names import dns as names_dns
+
+        lookups = [
+            self._records(self._resolver.lookupAddress, name, names_dns.A).addCallback(
+                lambda records: [record.dottedQuad() for record in records]),
+            self._records(self._resolver.lookupIPV6Address, name, names_dns.AAAA).addCallback(
+                lambda records: [socket.inet_ntop(socket.AF_INET6, record.address) for record in records]),
+        ]
+
+        def combine(results):
+            found = [address for ok, value in results if ok for address in value]
+            errors = [value for ok, value in results if not ok]
+            if not found and errors:
+                return errors[0]  # the first lookup's failure
+            return found
+
+        return DeferredList(lookups, consumeErrors=True).addCallback(combine)

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from email.utils import format_datetime
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -26,6 +26,7 @@ from mailserverd.delivery import authresults
 from mailserverd.delivery.checks import Envelope, Verdict
 from mailserverd.errors import MailError
 from mailserverd.mail.address import AddressError, canonical, split
+from mailserverd.metrics import Metrics
 from mailserverd.store.errors import OverQuota, StoreError, StoreFull
 
 log = Logger(namespace="mailserverd.smtp")
@@ -43,6 +44,20 @@ BAD_RECIPIENT = MailError("501", "5.1.3", "Bad recipient address")
 MAILBOX_FULL = MailError("452", "4.2.2", "Mailbox full", temporary=True)
 NO_OUTBOUND = MailError("451", "4.3.0", "Delivery to other domains is not available yet, try again later",
                         temporary=True)
+
+#: The metrics' ``reason`` for each refusal; another temporary one is ``error``,
+#: another permanent one (the inbound checks' reply) ``checks``.
+REFUSAL_REASONS = {
+    RELAY_DENIED: "relay_denied", MAILBOX_FULL: "mailbox_full", STORE_FULL: "store_full",
+    BAD_RECIPIENT: "bad_address",
+}
+
+
+def refusal_reason(error: BaseException) -> str:
+    """The metrics' ``reason`` label for a refusal (see :data:`REFUSAL_REASONS`)."""
+    if isinstance(error, MailError):
+        return REFUSAL_REASONS.get(error) or ("error" if error.temporary else "checks")
+    return "error"
 
 
 @dataclass(frozen=True)
@@ -99,6 +114,12 @@ _UNSAFE_HEADER_TEXT = re.compile(r"[^A-Za-z0-9.\-:\[\]_]")
 _UNSAFE_ADDRESS_TEXT = re.compile(r"[^\w.@+\-]")
 
 
+def _all_of(steps: list[Deferred]) -> Deferred:
+    """A Deferred for all of ``steps``: fails with the first failure itself."""
+    done = gatherResults(steps, consumeErrors=True)
+    return done.addErrback(lambda failure: failure.value.subFailure if failure.check(FirstError) else failure)
+
+
 def _header_safe(text: str) -> str:
     return _UNSAFE_HEADER_TEXT.sub("_", text)[:255] or "unknown"
 
@@ -123,34 +144,60 @@ class LocalDelivery:
     or a ``Clock`` in tests) gives the time for its date. ``delimiter`` is the
     sub-address separator (``"+"``; ``""`` turns it off). ``checks`` is the
     inbound pipeline (:class:`mailserverd.delivery.checks.InboundChecks`) run
-    on mail from other MTAs, or ``None`` to run none.
+    on mail from other MTAs, or ``None`` to run none. ``outbound`` is the
+    outbound queue (:class:`mailserverd.queue.scheduler.QueueScheduler`)
+    that takes recipients in other domains, or ``None`` (they get 451).
+    ``metrics`` (:class:`~mailserverd.metrics.Metrics`) counts recipients
+    refused, messages received, refused and delivered.
     """
 
     def __init__(self, store: Any, hostname: str, clock: Any, delimiter: str = "+",
-                 checks: Any = None):
+                 checks: Any = None, outbound: Any = None, metrics: Metrics | None = None):
+        self._metrics = metrics if metrics is not None else Metrics()
         self._store = store
         self._hostname = hostname
         self._clock = clock
         self._delimiter = delimiter
         self._checks = checks
+        self.outbound = outbound
 
     def stop(self) -> None:
         """Stop the inbound checks' threads (the server is stopping)."""
         if self._checks is not None:
             self._checks.stop()
 
+    def use_checks(self, checks: Any) -> Any:
+        """Run ``checks`` on mail received from now on (a reload); return the
+        previous ones, whose running checks still finish (the caller stops them)."""
+        previous, self._checks = self._checks, checks
+        return previous
+
     def check_recipient(self, address: str, remote_allowed: bool = False, size: int = 0) -> list[str]:
         """The canonical local users that mail to ``address`` reaches.
 
         ``[]`` means the domain is local but nobody has that address (the
-        caller answers 550 5.1.1). Raises MailError: 452 4.2.2 when every
-        user it reaches is at its quota, or would pass it with a message of
-        ``size`` octets (MAIL's SIZE=, RFC 1870; temporary: they can make room);
-        550 5.7.1 when the domain is not local and ``remote_allowed`` is false
-        (the MX never relays), 451 4.3.0 when it is true (no outbound queue
-        yet); 501 for an address that does not canonicalise; 451 when the
-        directory cannot be read.
+        caller answers 550 5.1.1). An address in another domain, when
+        ``remote_allowed`` and there is an outbound queue, reaches itself
+        through the queue: ``[address]`` (see :meth:`deliver`). Raises
+        MailError: 452 4.2.2 when every user it reaches is at its quota, or
+        would pass it with a message of ``size`` octets (MAIL's SIZE=,
+        RFC 1870; temporary: they can make room); 550 5.7.1 when the domain
+        is not local and ``remote_allowed`` is false (the MX never relays),
+        451 4.3.0 when it is true but there is no outbound queue; 501 for an
+        address that does not canonicalise; 451 when the directory cannot be read.
+        Each refusal (``[]`` too) is counted.
         """
+        try:
+            users = self._recipient_users(address, remote_allowed, size)
+        except MailError as error:
+            self._metrics.recipient_rejected(refusal_reason(error))
+            raise
+        if not users:
+            self._metrics.recipient_rejected("unknown_user")
+        return users
+
+    def _recipient_users(self, address: str, remote_allowed: bool, size: int) -> list[str]:
+        """:meth:`check_recipient` without the counting."""
         try:
             key = canonical(address)
             _, domain = split(key)
@@ -158,6 +205,8 @@ class LocalDelivery:
             raise BAD_RECIPIENT from None
         try:
             if self._store.get_domain(domain) is None:
+                if remote_allowed and self.outbound is not None:
+                    return [key]
                 raise NO_OUTBOUND if remote_allowed else RELAY_DENIED
             users = list(self._store.resolve(key, self._delimiter))
             if users and all(self._at_quota(user, size) for user in users):
@@ -215,13 +264,18 @@ class LocalDelivery:
         return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
     def deliver(self, sender: str, recipients: list[str], users: list[str], raw: bytes,
-                client: ClientInfo) -> "Deferred[DeliveryResult]":
+                client: ClientInfo, envelope: Any = None) -> "Deferred[DeliveryResult]":
         """Run the inbound checks on ``raw`` (CRLF lines, dot-unstuffed), then
         store it in each user's INBOX (or Junk, as the checks decide).
 
         ``sender`` is the reverse-path (``""`` for ``<>``), ``recipients``
         the canonical RCPT addresses, ``users`` the local accounts they
-        resolved to. Prepends ``Received:`` and the checks' headers
+        resolved to; a "user" in another domain is a recipient for the
+        outbound queue, which takes the message in the same step (both
+        durable before the Deferred fires; its queue id is the one in the
+        reply). ``envelope`` (the SMTP Transaction: ``ret``, ``envid``,
+        ``body``, ``smtputf8``, ``options`` per recipient) gives the queue
+        the DSN and body parameters. Prepends ``Received:`` and the checks' headers
         (Authentication-Results, X-Spam-*); mail from an authenticated client
         gets an ``auth=pass`` Authentication-Results instead of the checks.
 
@@ -234,33 +288,112 @@ class LocalDelivery:
         queue_id = new_queue_id()
         received = self.received_header(client, queue_id, recipients)
         verdicts: list[Verdict] = []
-        checked = maybeDeferred(self._check, sender, recipients, raw, client)
+        checked = maybeDeferred(self._check, sender, recipients, raw, client, users)
         checked.addCallback(lambda verdict: verdicts.append(verdict) or verdict)
-        checked.addCallback(self._store_checked, received, queue_id, users)
+        checked.addCallback(self._store_checked, received, queue_id, users, sender, envelope)
         checked.addErrback(self._to_mail_error, queue_id)
         checked.addBoth(self._log_delivery, queue_id, sender, recipients, len(received) + len(raw),
                         verdicts)
+        checked.addBoth(self._count_delivery, bool(client.authenticated_user))
         return checked
 
-    def _check(self, sender: str, recipients: list[str], raw: bytes, client: ClientInfo) -> Any:
-        """The inbound pipeline's verdict on ``raw`` (a Deferred), or a plain one without checks."""
+    def _check(self, sender: str, recipients: list[str], raw: bytes, client: ClientInfo,
+               users: list[str] = ()) -> Any:
+        """The inbound pipeline's verdict on ``raw`` (a Deferred), or a plain one without checks;
+        ``users`` are classified each against their own spam model."""
         if self._checks is None:
             return Verdict(message=raw, action="deliver", score=0.0, reply=None, results={})
         if client.authenticated_user:
             return authenticated_verdict(raw, self._checks.settings.authserv_id,
                                          client.authenticated_user)
         return self._checks.check(raw, Envelope(client_ip=client.ip, helo=client.helo,
-                                                mail_from=sender, recipients=tuple(recipients)))
+                                                mail_from=sender, recipients=tuple(recipients),
+                                                users=tuple(users)))
 
-    def _store_checked(self, verdict: Any, received: bytes, queue_id: str,
-                       users: list[str]) -> "Deferred[DeliveryResult]":
-        """Store the checked message as the verdict says (reject raises its reply)."""
+    def _store_checked(self, verdict: Any, received: bytes, queue_id: str, users: list[str],
+                       sender: str = "", envelope: Any = None) -> "Deferred[DeliveryResult]":
+        """Store the checked message as the verdict says (reject raises its reply):
+        local users into the store, other domains into the outbound queue."""
         if verdict.action == "reject":
             raise verdict.reply
         message = received + verdict.message
-        mailbox = JUNK if verdict.action == "junk" else "INBOX"
-        stored = maybeDeferred(self._store.deliver, list(users), message, None, mailbox)
-        return stored.addCallback(self._check_results, queue_id, users, len(message))
+        local, remote = self._split_remote(users)
+        steps = []
+        if local:
+            stored = self._store_local(verdict, received, queue_id, local)
+            steps.append(stored.addCallback(self._report_success, queue_id, sender, message, envelope))
+        if remote:
+            steps.append(self._enqueue(queue_id, sender, remote, message, envelope))
+        return _all_of(steps).addCallback(lambda _: DeliveryResult(queue_id, tuple(users), len(message)))
+
+    def _store_local(self, verdict: Any, received: bytes, queue_id: str, local: list[str]) -> Deferred:
+        """Deliver to the local users, those whose verdicts match in one delivery
+        (one blob); a user the spam classifier judged apart gets its own X-Spam-*
+        fields and mailbox (Verdict.by_user). Fires once every group is durable."""
+        groups: dict[tuple[bytes, str], list[str]] = {}
+        for user in local:
+            own = verdict.for_user(user)
+            groups.setdefault((own.message, JUNK if own.action == "junk" else "INBOX"), []).append(user)
+        steps = []
+        for (checked, mailbox), group in groups.items():
+            stored = maybeDeferred(self._store.deliver, group, received + checked, None, mailbox)
+            steps.append(stored.addCallback(self._check_results, queue_id, group, len(received) + len(checked)))
+        return steps[0] if len(steps) == 1 else _all_of(steps)
+
+    def _report_success(self, result: Any, queue_id: str, sender: str, message: bytes,
+                        envelope: Any) -> Any:
+        """Once stored: queue a success report for the local recipients that asked
+        for one (NOTIFY=SUCCESS; RFC 3461 §5.2.1, final delivery is ours to
+        report). Passes ``result`` on once the report is durable too."""
+        options = getattr(envelope, "options", None) or {}
+        if not sender or self.outbound is None:
+            return result
+        from mailserverd.smtp.client import OutboundRecipient
+
+        asked = [OutboundRecipient(address, tuple(option.notify), option.orcpt)
+                 for address, option in options.items()
+                 if "SUCCESS" in option.notify and self._store.get_domain(split(address)[1]) is not None]
+        if not asked:
+            return result
+        reported = self.outbound.report_delivered(queue_id, sender, asked, message,
+                                                  envid=getattr(envelope, "envid", ""))
+        return reported.addCallback(lambda _: result)
+
+    def _split_remote(self, users: list[str]) -> tuple[list[str], list[str]]:
+        """``users`` as (local accounts, addresses in other domains for the queue)."""
+        if self.outbound is None:
+            return list(users), []
+        local, remote = [], []
+        for user in users:
+            (local if self._store.get_domain(split(user)[1]) is not None else remote).append(user)
+        return local, remote
+
+    def _enqueue(self, queue_id: str, sender: str, remote: list[str], message: bytes,
+                 envelope: Any) -> Deferred:
+        """Hand ``message`` for ``remote`` to the outbound queue (fires once durable)."""
+        from mailserverd.smtp.client import OutboundRecipient
+
+        options = getattr(envelope, "options", {}) or {}
+        recipients = [OutboundRecipient(address, tuple(getattr(options.get(address), "notify", ())),
+                                        getattr(options.get(address), "orcpt", ""))
+                      for address in remote]
+        return self.outbound.submit(
+            queue_id, sender, recipients, message, envid=getattr(envelope, "envid", ""),
+            ret=getattr(envelope, "ret", ""), body=getattr(envelope, "body", "7BIT"),
+            smtputf8=getattr(envelope, "smtputf8", False))
+
+    def store_queued(self, recipient: str, raw: bytes) -> Deferred:
+        """Deliver a message from the outbound queue (a bounce to a local sender)
+        into ``recipient``'s INBOX, without the inbound checks. Fires with None
+        once durable; fails with MailError (550 5.1.1 for nobody, as
+        :meth:`check_recipient` and :meth:`deliver` otherwise)."""
+        users = self.check_recipient(recipient)
+        if not users:
+            raise MailError("550", "5.1.1", "No such user here")
+        stored = maybeDeferred(self._store.deliver, users, raw, None, "INBOX")
+        stored.addCallback(self._check_results, "queue", users, len(raw))
+        stored.addErrback(self._to_mail_error, "queue")
+        return stored.addCallback(lambda _: None)
 
     def _check_results(self, results: dict, queue_id: str, users: list[str], size: int) -> DeliveryResult:
         """Turn the store's per-user outcome into one result for the whole DATA.
@@ -274,6 +407,7 @@ class LocalDelivery:
         """
         failures = {user: outcome for user, outcome in results.items() if isinstance(outcome, Exception)}
         missing = [user for user in users if user not in results]
+        self._metrics.messages_delivered(len(results) - len(failures))
         if not failures and not missing:
             return DeliveryResult(queue_id, tuple(users), size)
         for user, error in failures.items():
@@ -295,6 +429,14 @@ class LocalDelivery:
         if not failure.check(StoreError):
             log.failure("delivery-error id={queue_id}", failure, queue_id=queue_id)
         return Failure(TEMPORARY_FAILURE)
+
+    def _count_delivery(self, outcome: Any, authenticated: bool) -> Any:
+        """Count a message received or refused after DATA; pass ``outcome`` on."""
+        if isinstance(outcome, Failure):
+            self._metrics.message_rejected(refusal_reason(outcome.value))
+        else:
+            self._metrics.message_received(authenticated)
+        return outcome
 
     def _log_delivery(self, outcome: Any, queue_id: str, sender: str, recipients: list[str],
                       size: int, verdicts: list[Verdict]) -> Any:

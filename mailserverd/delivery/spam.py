@@ -43,8 +43,15 @@ RULES: dict[str, Rule] = {rule.name: rule for rule in (
     Rule("MISSING_DATE", 1.0, "No Date field; RFC 5322 §3.6 requires exactly one."),
     Rule("MISSING_MESSAGE_ID", 0.5, "No Message-ID field; RFC 5322 §3.6.4 says SHOULD have one."),
     Rule("SUBJECT_ALL_CAPS", 1.0, "The Subject has at least 10 letters, all of them capitals."),
+    Rule("BAYES_SPAM", 5.0, "The recipient's learning classifier gives a spam probability of at "
+                            "least 0.9 (delivery/bayes.py)."),
+    Rule("BAYES_HAM", -2.0, "The recipient's learning classifier gives a spam probability of at "
+                            "most 0.2."),
 )}
 _CAPS_MIN_LETTERS = 10
+#: Spam probabilities from which the classifier's rules fire (SpamBayes' cutoffs).
+BAYES_SPAM_CUTOFF = 0.9
+BAYES_HAM_CUTOFF = 0.2
 
 
 def dnsbl_query_name(client_ip: str, zone: str) -> str:
@@ -104,22 +111,34 @@ def header_findings(message: bytes) -> list[str]:
     return found
 
 
+def bayes_tests(probability: float | None) -> list[str]:
+    """The classifier's rule for a spam ``probability`` (None: no model yet)."""
+    if probability is None:
+        return []
+    if probability >= BAYES_SPAM_CUTOFF:
+        return ["BAYES_SPAM"]
+    return ["BAYES_HAM"] if probability <= BAYES_HAM_CUTOFF else []
+
+
 def total_score(tests: list[str]) -> float:
     """The sum of the scores of ``tests`` (rule names; ``DNSBL_LISTED:<zone>``
     counts as DNSBL_LISTED), rounded to one decimal."""
     return round(sum(RULES[test.partition(":")[0]].score for test in tests), 1)
 
 
-def status_fields(score: float, tests: list[str], junk_threshold: float) -> list[bytes]:
+def status_fields(score: float, tests: list[str], junk_threshold: float,
+                  bayes: float | None = None) -> list[bytes]:
     """The ``X-Spam-Score`` and ``X-Spam-Status`` fields, CRLF-terminated.
 
     ``X-Spam-Status: Yes|No, score=N.N required=J.J tests=A,B`` where Yes means
-    the score reached ``junk_threshold``; ``tests=none`` when nothing fired.
+    the score reached ``junk_threshold``; ``tests=none`` when nothing fired;
+    `` bayes=0.NNN`` added when the classifier gave a ``bayes`` probability.
     """
     verdict = "Yes" if score >= junk_threshold else "No"
     names = ",".join(tests) if tests else "none"
+    learned = "" if bayes is None else f" bayes={bayes:.3f}"
     return [
         f"X-Spam-Score: {score:.1f}\r\n".encode("ascii"),
         f"X-Spam-Status: {verdict}, score={score:.1f} required={junk_threshold:.1f} "
-        f"tests={names}\r\n".encode("utf-8"),
+        f"tests={names}{learned}\r\n".encode("utf-8"),
     ]

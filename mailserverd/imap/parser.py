@@ -38,14 +38,19 @@ __all__ = [
     "read_tag",
     "read_command_name",
     "NUMBER_MAX",
+    "NUMBER64_MAX",
 ]
 
 #: RFC 3501 §9: number = 1*DIGIT, an unsigned 32-bit integer.
 NUMBER_MAX = 0xFFFFFFFF
 
-# RFC 7888 §3: the literal marker at the very end of a line.  Up to 20 digits
-# are read so that a huge count is refused as too big rather than misparsed.
-_LITERAL_MARKER = re.compile(rb"\{(\d{1,20})(\+?)\}\Z")
+#: RFC 9051 §9: literal = "{" number64 ["+"] "}"; no literal can be longer.
+NUMBER64_MAX = (1 << 63) - 1
+
+# RFC 7888 §3: the literal marker at the very end of a line.  Any number of
+# digits is read (number = 1*DIGIT allows leading zeros), so that no count is
+# mistaken for plain text and its literal's bytes never run as a command.
+_LITERAL_MARKER = re.compile(rb"\{(\d+)(\+?)\}\Z")
 
 # RFC 3501 §9: atom-specials = "(" / ")" / "{" / SP / CTL / list-wildcards /
 # quoted-specials / resp-specials.  ATOM-CHAR is any other CHAR (7-bit).
@@ -93,7 +98,9 @@ class LiteralRefused:
     marker had already arrived: the client sent the literal without waiting
     for the continuation, so the stream cannot be trusted to resynchronise.
     A refused non-synchronizing literal is swallowed by the reader (RFC 7888
-    §4, choice 1), with the rest of its command.
+    §4, choice 1), with the rest of its command; one longer than any literal
+    can be (over NUMBER64_MAX) cannot be, so ``client_did_not_wait`` is true
+    and the reader is broken (RFC 7888 §4, choice 2: BYE and close).
     """
 
     first_line: bytes
@@ -132,14 +139,27 @@ class CommandReader:
         self._line_total = 0
         self._literal_total = 0
         self._literal_pending = 0  # bytes of an accepted literal still to read
+        self._literal = bytearray()  # the bytes of that literal read so far
         self._swallow = 0  # bytes of a refused literal still to discard
         self._discarding = False  # dropping the rest of a refused command
         self.broken = False  # after LineTooLong nothing more is framed
 
     def feed(self, data: bytes) -> None:
-        """Append received bytes."""
-        if not self.broken:
-            self._buffer += data
+        """Append received bytes.
+
+        While an accepted literal is being read and nothing is waiting before
+        it, its bytes go straight into the literal's own buffer: a large
+        literal (APPEND's message) is copied once on the way in and once when
+        it is whole, never re-scanned or re-sliced per chunk.
+        """
+        if self.broken:
+            return
+        if self._literal_pending and not self._buffer:
+            taken = min(self._literal_pending, len(data))
+            self._literal += data if taken == len(data) else memoryview(data)[:taken]
+            self._literal_pending -= taken
+            data = data[taken:]
+        self._buffer += data
 
     def discard_buffered(self) -> int:
         """Drop every byte received but not yet framed; return how many.
@@ -152,6 +172,16 @@ class CommandReader:
         self._reset_command()
         return dropped
 
+    def take_buffered(self) -> bytes:
+        """Remove and return every byte received but not yet framed.
+
+        Used after COMPRESS (between commands): what the client pipelined
+        behind it is compressed, so it is inflated and fed again (RFC 4978 §3).
+        """
+        taken = bytes(self._buffer)
+        self._buffer.clear()
+        return taken
+
     def has_buffered(self) -> bool:
         """Whether received bytes are waiting to be framed."""
         return bool(self._buffer)
@@ -161,6 +191,7 @@ class CommandReader:
         self._line_total = 0
         self._literal_total = 0
         self._literal_pending = 0
+        self._literal = bytearray()
 
     def next_event(self) -> ReaderEvent | None:
         """Return the next framing event, or ``None`` when more bytes are needed."""
@@ -172,13 +203,18 @@ class CommandReader:
                 if self._swallow:
                     return None
                 continue
-            if self._literal_pending:
-                if len(self._buffer) < self._literal_pending:
+            if self._literal_pending or self._literal:
+                if self._literal_pending and self._buffer:
+                    taken = min(self._literal_pending, len(self._buffer))
+                    with memoryview(self._buffer) as view:
+                        self._literal += view[:taken]
+                    del self._buffer[:taken]
+                    self._literal_pending -= taken
+                if self._literal_pending:
                     return None
-                size = self._literal_pending
-                self._segments.append(bytes(self._buffer[:size]))
-                del self._buffer[:size]
-                self._literal_pending = 0
+                # The one copy made of a whole literal; its buffer is then freed.
+                self._segments.append(bytes(self._literal))
+                self._literal = bytearray()
                 continue
             event = self._take_line()
             if event is _NEED_MORE:
@@ -204,7 +240,9 @@ class CommandReader:
         marker = _LITERAL_MARKER.search(line)
         if self._discarding:
             if marker is not None and marker.group(2) == b"+":
-                self._swallow = int(marker.group(1))
+                self._swallow = _literal_size(marker.group(1))
+                if self._swallow > NUMBER64_MAX:
+                    return self._unreadable_literal(b"", self._swallow)
             else:
                 # The refused command ends here (a synchronizing literal in
                 # its rest will not be sent: the client has our tagged BAD).
@@ -216,7 +254,7 @@ class CommandReader:
             command = FramedCommand(tuple(self._segments))
             self._reset_command()
             return command
-        return self._literal_announced(line, int(marker.group(1)), marker.group(2) == b"")
+        return self._literal_announced(line, _literal_size(marker.group(1)), marker.group(2) == b"")
 
     def _literal_announced(self, line: bytes, size: int, synchronizing: bool):
         """A line ended in a literal marker: accept the literal or refuse it."""
@@ -233,11 +271,26 @@ class CommandReader:
         self._reset_command()
         if synchronizing:
             return LiteralRefused(first_line, size, True, client_did_not_wait=bool(self._buffer))
+        if size > NUMBER64_MAX:
+            return self._unreadable_literal(first_line, size)
         # RFC 7888 §4: the bytes are on their way; read and drop them, then
         # the rest of the command, and never run any of it.
         self._swallow = size
         self._discarding = True
         return LiteralRefused(first_line, size, False)
+
+    def _unreadable_literal(self, first_line: bytes, size: int) -> LiteralRefused:
+        """A non-synchronizing literal too long to swallow: stop framing.
+
+        RFC 7888 §4 choice 2: its bytes can never all arrive, so nothing
+        after them can be framed; the owner says BYE and closes.
+        """
+        self.broken = True
+        self._buffer.clear()
+        self._reset_command()
+        self._swallow = 0
+        self._discarding = False
+        return LiteralRefused(first_line, size, False, client_did_not_wait=True)
 
     def _too_long(self) -> LineTooLong:
         self.broken = True
@@ -247,6 +300,14 @@ class CommandReader:
 
 
 _NEED_MORE = object()
+
+
+def _literal_size(digits: bytes) -> int:
+    """The count of a literal marker; NUMBER64_MAX + 1 for any larger count."""
+    digits = digits.lstrip(b"0") or b"0"
+    if len(digits) > len(str(NUMBER64_MAX)):  # int() of a long run would be slow
+        return NUMBER64_MAX + 1
+    return min(int(digits), NUMBER64_MAX + 1)
 
 
 # --------------------------------------------------------------------------

@@ -9,28 +9,28 @@ replace the second:
   and case-folded once, here; dates become :class:`datetime.date`.
 - :func:`search_messages` runs a key over the messages of a mailbox, one by
   one. Flags, sizes, dates and numbers come from the message record; text keys
-  read the stored facts (ENVELOPE, part offsets, BODYSTRUCTURE) and, when they
-  need it, the message bytes, and compare decoded, case-folded text: RFC 2047
-  encoded words decoded, quoted-printable and base64 undone, charsets turned
-  into Unicode (RFC 9051 §6.4.4). Each message is read at most once per search.
+  read the normalised text of :class:`mailserverd.search.text.MessageText`
+  (the one extraction the index uses too), built from the stored facts and,
+  when they need it, the message bytes. Each message is read at most once
+  per search.
 
-Text matching is a substring match after :meth:`str.casefold` (close to the
-i;unicode-casemap comparator of RFC 5051). Only text/* and message/* parts are
+Text matching is a substring match of strings normalised by
+:func:`mailserverd.search.text.normalise` (RFC 9051 §6.4.4; case folding and
+NFKC, close to the i;unicode-casemap comparator of RFC 5051). Only text/* and message/* parts are
 searched by BODY and TEXT (RFC 9051 §6.4.4 allows leaving other media out).
 """
 
 from __future__ import annotations
 
-import binascii
 import datetime
 import email.utils
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Container, Iterable
 
 from mailserverd.imap.objectid import email_objectid
-from mailserverd.imap.parser import ArgCursor, ParseError, SequenceSet
-from mailserverd.mail import mime
+from mailserverd.imap.parser import NUMBER64_MAX, ArgCursor, ParseError, SequenceSet
+from mailserverd.search.text import MessageText, decode_header_value, normalise
 
 __all__ = [
     "SEARCH_NESTING_MAX",
@@ -45,6 +45,7 @@ __all__ = [
     "matches",
     "decode_header_value",
     "uses_modseq",
+    "uses_recent",
     "Key", "All", "Flag", "Recent", "Not", "Or", "And", "SeqSet", "UidSet",
     "Saved", "DateKey", "SizeKey", "EnvelopeText", "HeaderText", "BodyText",
     "AnyText", "ModSeq", "EmailId", "SaveDateSupported",
@@ -61,8 +62,6 @@ SUPPORTED_CHARSETS = ("US-ASCII", "UTF-8")
 #: RFC 4731 §3.1 / RFC 5182 §2: the result options we know (others are BAD).
 RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
 
-# RFC 9051 §9: mod-sequence-valzer and number64 are at most 2^63 - 1.
-NUMBER64_MAX = (1 << 63) - 1
 _DIGITS = re.compile(rb"[0-9]+")
 # RFC 9051 §9: date = date-text / DQUOTE date-text DQUOTE;
 # date-text = date-day "-" date-month "-" date-year; date-day = 1*2DIGIT.
@@ -72,8 +71,6 @@ _QUOTED_DATE = re.compile(rb'"' + _DATE_TEXT + rb'"')
 _MONTHS = {name: number for number, name in enumerate(
     (b"JAN", b"FEB", b"MAR", b"APR", b"MAY", b"JUN",
      b"JUL", b"AUG", b"SEP", b"OCT", b"NOV", b"DEC"), 1)}
-# The run marker of facts value trees (mail/facts.py _RUN_KEY, imap/wire.py RUN_KEY).
-_RUN_KEY = "cat"
 
 
 class UnsupportedCharset(Exception):
@@ -99,7 +96,7 @@ class Key:
 
 @dataclass(frozen=True)
 class All(Key):
-    """ALL (and OLD, as \\Recent is not given to any session)."""
+    """ALL."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +108,7 @@ class Flag(Key):
 
 @dataclass(frozen=True)
 class Recent(Key):
-    """RECENT / NEW: \\Recent is never given to a session here, so nothing matches."""
+    """RECENT: the message is recent in this session (RFC 3501 §6.4.4; NEW and OLD build on it)."""
 
 
 @dataclass(frozen=True)
@@ -355,14 +352,14 @@ class _ProgramReader:
         return self.key()
 
     def needle(self) -> str:
-        """``SP astring``: the search string, decoded as UTF-8 and case-folded.
+        """``SP astring``: the search string, decoded as UTF-8 and normalised.
 
         US-ASCII is a subset of UTF-8, so one decoder serves both charsets.
         """
         self.args.expect_sp()
         data = self.args.astring()
         try:
-            return data.decode("utf-8").casefold()
+            return normalise(data.decode("utf-8"))
         except UnicodeDecodeError:
             raise ParseError("Search string is not valid UTF-8") from None
 
@@ -459,9 +456,9 @@ def _envelope_reader(field: str):
 # SAVED* (RFC 8514 §4.3). Dispatch by exact name, never by attribute lookup.
 _KEY_READERS: dict[bytes, Callable[[_ProgramReader], Key]] = {
     b"ALL": lambda reader: All(),
-    b"OLD": lambda reader: All(),  # NOT RECENT (RFC 3501 §6.4.4)
+    b"OLD": lambda reader: Not(Recent()),  # RFC 3501 §6.4.4: NOT RECENT
     b"RECENT": lambda reader: Recent(),
-    b"NEW": lambda reader: Recent(),  # RECENT UNSEEN
+    b"NEW": lambda reader: And((Recent(), Not(Flag("\\Seen")))),  # RFC 3501 §6.4.4: RECENT UNSEEN
     b"NOT": lambda reader: Not(reader._nested(reader.sp_key)),
     b"OR": lambda reader: reader._nested(lambda: Or(reader.sp_key(), reader.sp_key())),
     b"UID": _ProgramReader.uid,
@@ -489,17 +486,27 @@ for _source, _prefix in (("internal", ""), ("sent", "SENT"), ("saved", "SAVED"))
         _KEY_READERS[(_prefix + _relation.upper()).encode()] = _date_reader(_source, _relation)
 
 
-def uses_modseq(key: Key) -> bool:
-    """Whether the program has a MODSEQ key (its answer then carries MODSEQ, RFC 7162 §3.1.5)."""
-    if isinstance(key, ModSeq):
+def _uses(key: Key, kind: type) -> bool:
+    """Whether the program has a key of type ``kind`` anywhere."""
+    if isinstance(key, kind):
         return True
     if isinstance(key, Not):
-        return uses_modseq(key.key)
+        return _uses(key.key, kind)
     if isinstance(key, Or):
-        return uses_modseq(key.left) or uses_modseq(key.right)
+        return _uses(key.left, kind) or _uses(key.right, kind)
     if isinstance(key, And):
-        return any(uses_modseq(child) for child in key.keys)
+        return any(_uses(child, kind) for child in key.keys)
     return False
+
+
+def uses_modseq(key: Key) -> bool:
+    """Whether the program has a MODSEQ key (its answer then carries MODSEQ, RFC 7162 §3.1.5)."""
+    return _uses(key, ModSeq)
+
+
+def uses_recent(key: Key) -> bool:
+    """Whether the program has RECENT, NEW or OLD (none of them is IMAP4rev2, RFC 9051 §6.4.4)."""
+    return _uses(key, Recent)
 
 
 # --------------------------------------------------------------- evaluation
@@ -511,7 +518,8 @@ class SearchScope:
 
     ``store``/``user`` read facts and bytes; ``count`` is the number of
     messages in the session's view (``*`` of a sequence set); ``max_uid`` its
-    highest UID (``*`` of a UID set); ``saved_uids`` the saved result ``$``.
+    highest UID (``*`` of a UID set); ``saved_uids`` the saved result ``$``;
+    ``recent_uids`` the UIDs recent in the session (RFC 3501 §2.3.2).
     """
 
     store: object
@@ -519,6 +527,7 @@ class SearchScope:
     count: int
     max_uid: int
     saved_uids: frozenset[int] = frozenset()
+    recent_uids: Container[int] = frozenset()
 
 
 def search_messages(key: Key, messages: Iterable[tuple[int, object]], scope: SearchScope) -> list[tuple[int, object]]:
@@ -538,41 +547,20 @@ def matches(key: Key, message: "_Message") -> bool:
 
 
 class _Message:
-    """One message under evaluation; reads and decodes its content at most once."""
+    """One message under evaluation; ``text`` reads and decodes its content at most once."""
 
-    __slots__ = ("seq", "info", "scope", "_facts", "_raw", "_header_text", "_body_text")
+    __slots__ = ("seq", "info", "scope", "text")
 
     def __init__(self, seq: int, info, scope: SearchScope):
         self.seq = seq
         self.info = info
         self.scope = scope
-        self._facts = self._raw = self._header_text = self._body_text = None
+        store, user, blob_id = scope.store, scope.user, info.blob_id
+        self.text = MessageText(lambda: store.read_message(user, blob_id),
+                                lambda: store.read_facts(user, blob_id))
 
     def facts(self) -> dict:
-        if self._facts is None:
-            self._facts = self.scope.store.read_facts(self.scope.user, self.info.blob_id)
-        return self._facts
-
-    def raw(self) -> bytes:
-        if self._raw is None:
-            self._raw = self.scope.store.read_message(self.scope.user, self.info.blob_id)
-        return self._raw
-
-    def header_end(self) -> int:
-        return self.facts()["header_end"]
-
-    def header_text(self) -> str:
-        """Every top-level header field as ``name: decoded value``, case-folded."""
-        if self._header_text is None:
-            self._header_text = _fields_text(self.raw(), 0, self.header_end())
-        return self._header_text
-
-    def body_text(self) -> str:
-        """The decoded text of the body's text and message parts, case-folded."""
-        if self._body_text is None:
-            facts = self.facts()
-            self._body_text = "\n".join(_body_texts(self.raw(), facts["bodystructure"], facts["parts"]))
-        return self._body_text
+        return self.text.facts()
 
 
 def _flag(key: Flag, message: _Message) -> bool:
@@ -622,29 +610,19 @@ def _date(key: DateKey, message: _Message) -> bool:
     return day >= key.day
 
 
-def _envelope(key: EnvelopeText, message: _Message) -> bool:
-    envelope = message.facts()["envelope"]
-    if key.field == "subject":
-        text = decode_header_value(envelope[1] or b"")
-    else:
-        index = {"from": 2, "to": 5, "cc": 6, "bcc": 7}[key.field]
-        text = _addresses_text(envelope[index])
-    return key.needle in text.casefold()
-
-
 def _header(key: HeaderText, message: _Message) -> bool:
-    fields = mime.header_fields(message.raw(), 0, message.header_end(), frozenset({key.name}))
     # RFC 9051 §6.4.4: an empty string matches every message that has the field.
-    return any(key.needle in decode_header_value(value).casefold() for _, value in fields)
+    values = message.text.header_values(key.name.decode("latin-1"))
+    return any(key.needle in value for value in values)
 
 
 def _any_text(key: AnyText, message: _Message) -> bool:
-    return key.needle in message.header_text() or key.needle in message.body_text()
+    return key.needle in message.text.header() or key.needle in message.text.body()
 
 
 _EVALUATORS: dict[type, Callable[[Key, _Message], bool]] = {
     All: lambda key, message: True,
-    Recent: lambda key, message: False,
+    Recent: lambda key, message: message.info.uid in message.scope.recent_uids,
     SaveDateSupported: lambda key, message: False,
     EmailId: lambda key, message: email_objectid(message.info.blob_id) == key.objectid,
     Flag: _flag,
@@ -658,9 +636,9 @@ _EVALUATORS: dict[type, Callable[[Key, _Message], bool]] = {
     SizeKey: lambda key, message: (message.info.size > key.octets if key.relation == "larger"
                                    else message.info.size < key.octets),
     ModSeq: lambda key, message: message.info.modseq >= key.value,
-    EnvelopeText: _envelope,
+    EnvelopeText: lambda key, message: key.needle in message.text.envelope(key.field),
     HeaderText: _header,
-    BodyText: lambda key, message: key.needle in message.body_text(),
+    BodyText: lambda key, message: key.needle in message.text.body(),
     AnyText: _any_text,
 }
 
@@ -690,146 +668,3 @@ def _cheapest_first(key: Key) -> Key:
     if isinstance(key, And):
         return And(tuple(sorted((_cheapest_first(child) for child in key.keys), key=_cost)))
     return key
-
-
-# ------------------------------------------------------------ decoded text
-
-# RFC 2047 §2: encoded-word = "=?" charset "?" encoding "?" encoded-text "?="
-_ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([QqBb])\?([^?\s]*)\?=")
-_BASE64_NOISE = re.compile(rb"[^A-Za-z0-9+/]")
-
-
-def _decode_raw(data: bytes) -> str:
-    """Header or body bytes with no declared charset: UTF-8 (RFC 6532), else Latin-1."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
-
-
-def _decode_charset(data: bytes, charset: str | None) -> str:
-    """``data`` in ``charset``; an unknown or non-text charset falls back to :func:`_decode_raw`."""
-    if charset:
-        try:
-            return data.decode(charset, "replace")
-        except (LookupError, UnicodeError, ValueError, TypeError):
-            pass
-    return _decode_raw(data)
-
-
-def _decode_base64(data: bytes) -> bytes:
-    """Lenient base64 (RFC 2045 §6.8): characters outside the alphabet are
-    ignored, missing padding is supplied, a dangling sixth bit is dropped."""
-    clean = _BASE64_NOISE.sub(b"", data.split(b"=", 1)[0])
-    if len(clean) % 4 == 1:
-        clean = clean[:-1]
-    try:
-        return binascii.a2b_base64(clean + b"=" * (-len(clean) % 4))
-    except binascii.Error:
-        return b""
-
-
-def _decode_word(match: re.Match) -> str | None:
-    """One RFC 2047 encoded word as text, or None if it cannot be decoded."""
-    charset = match.group(1).split(b"*", 1)[0].decode("ascii", "replace")  # RFC 2231 §5 language
-    text = match.group(3)
-    if match.group(2) in b"Bb":
-        if _BASE64_NOISE.search(text.rstrip(b"=")):
-            return None
-        data = _decode_base64(text)
-    else:
-        data = binascii.a2b_qp(text, header=True)  # RFC 2047 §4.2: "_" is a space
-    return _decode_charset(data, charset)
-
-
-def decode_header_value(value: bytes) -> str:
-    """A header field value as text: unfolded, RFC 2047 encoded words decoded.
-
-    White space between two adjacent encoded words is dropped (RFC 2047
-    §6.2); other bytes are read as UTF-8 (RFC 6532) or else Latin-1. Never
-    raises.
-    """
-    value = value.replace(b"\r", b"").replace(b"\n", b"")
-    out: list[str] = []
-    pos = 0
-    after_word = False
-    for match in _ENCODED_WORD.finditer(value):
-        gap = value[pos:match.start()]
-        decoded = _decode_word(match)
-        if decoded is None:
-            continue  # left as it is, part of the next gap
-        if not (after_word and not gap.strip(b" \t")):
-            out.append(_decode_raw(gap))
-        out.append(decoded)
-        pos = match.end()
-        after_word = True
-    out.append(_decode_raw(value[pos:]))
-    return "".join(out)
-
-
-def _addresses_text(field) -> str:
-    """An ENVELOPE address list as ``name <mailbox@host>`` text (decoded)."""
-    if not field:
-        return ""
-    words: list[str] = []
-    for entry in field:
-        addresses = entry.get(_RUN_KEY, []) if isinstance(entry, dict) else [entry]
-        for address in addresses:
-            name, _route, mailbox, host = address
-            if name:
-                words.append(decode_header_value(name))
-            if mailbox and host:
-                words.append("<" + _decode_raw(mailbox) + "@" + _decode_raw(host) + ">")
-            elif mailbox:
-                words.append(_decode_raw(mailbox))  # a group name
-    return " ".join(words)
-
-
-def _fields_text(raw: bytes, start: int, end: int) -> str:
-    """The header raw[start:end] as ``name: decoded value`` lines, case-folded."""
-    return "\n".join(name.decode("latin-1") + ": " + decode_header_value(value)
-                     for name, value in mime.header_fields(raw, start, end)).casefold()
-
-
-def _param(params, name: bytes) -> bytes | None:
-    """A parameter's value from a flat BODYSTRUCTURE parameter list."""
-    if not params:
-        return None
-    for index in range(0, len(params) - 1, 2):
-        if isinstance(params[index], bytes) and params[index].lower() == name:
-            return params[index + 1]
-    return None
-
-
-def _leaf_text(raw: bytes, structure: list, node: list) -> str:
-    """A text part's body: transfer encoding undone, charset decoded (RFC 2045 §6)."""
-    body = raw[node[1]:node[2]]
-    encoding = structure[5].lower() if isinstance(structure[5], bytes) else b""
-    if encoding == b"base64":
-        body = _decode_base64(body)
-    elif encoding == b"quoted-printable":
-        body = binascii.a2b_qp(body)
-    charset = _param(structure[2], b"charset")
-    return _decode_charset(body, charset.decode("ascii", "replace") if charset else None)
-
-
-def _body_texts(raw: bytes, structure: list, node: list) -> Iterator[str]:
-    """The case-folded texts BODY searches, walking BODYSTRUCTURE beside the offset tree.
-
-    Multiparts give their parts' texts; a message/rfc822 part its message's
-    header and body; a text/* leaf its decoded body; other media nothing
-    (RFC 9051 §6.4.4 allows leaving them out). Depth is bounded by the
-    stored tree (mime.MIME_NESTING_MAX).
-    """
-    first = structure[0]
-    if isinstance(first, dict):  # multipart: the parts, back to back
-        for child_structure, child_node in zip(first.get(_RUN_KEY, []), node[3]):
-            yield from _body_texts(raw, child_structure, child_node)
-        return
-    media = first.lower() if isinstance(first, bytes) else b"text"
-    if media == b"message" and len(structure) > 8 and isinstance(structure[8], list) and node[3]:
-        inner = node[3][0]
-        yield _fields_text(raw, inner[0], inner[1])
-        yield from _body_texts(raw, structure[8], inner)
-    elif media == b"text":
-        yield _leaf_text(raw, structure, node).casefold()

@@ -47,19 +47,25 @@ from mailserverd.imap.commands.append import appendlimit_capability
 from mailserverd.imap.commands.authenticate import auth_capabilities
 from mailserverd.imap.commands.condstore import unsolicited_fetch
 from mailserverd.imap.commands.expunge import report_expunged
+from mailserverd.imap.commands import recent
+from mailserverd.imap.commands.recent import RecentUids
 from mailserverd.imap.responses import Completion
 from mailserverd.store.errors import StoreError
 
 log = Logger(namespace="mailserverd.imap")
 
+#: The BYE text of a session ended because the server stops.
+SHUTDOWN_BYE = "Server shutting down"
+
 #: What the server implements, in every state (RFC 3501 §6.1.1, RFC 9051 §6.1.1).
 #: Only finished extensions are listed: IMAP4rev2 (9051), UTF8=ACCEPT (6855),
-#: LITERAL+ (7888), SASL-IR (4959), ID (2971), ENABLE (5161), IDLE (2177),
+#: LITERAL+ (7888; never with LITERAL-, which §5 forbids beside it), SASL-IR (4959), ID (2971), ENABLE (5161), IDLE (2177),
 #: NAMESPACE (2342), UNSELECT (3691), UIDPLUS (4315), MOVE (6851), CHILDREN (3348),
 #: LIST-EXTENDED (5258), LIST-STATUS (5819), SPECIAL-USE and CREATE-SPECIAL-USE
 #: (6154), STATUS=SIZE (8438), ESEARCH (4731), SEARCHRES (5182), MULTIAPPEND
 #: (3502), CONDSTORE and QRESYNC (7162), SORT, SORT=DISPLAY (5256, 5957), THREAD
-#: (5256), QUOTA and QUOTA=RES-STORAGE (9208), PREVIEW (8970), SAVEDATE (8514), OBJECTID (8474); APPENDLIMIT=n (7889)
+#: (5256), QUOTA and QUOTA=RES-STORAGE (9208), PREVIEW (8970), SAVEDATE (8514), OBJECTID (8474),
+#: COMPRESS=DEFLATE (4978), BINARY (3516); APPENDLIMIT=n (7889)
 #: and AUTH=... are added per session.
 BASE_CAPABILITIES = (
     "IMAP4rev1", "IMAP4rev2", "UTF8=ACCEPT", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE",
@@ -67,6 +73,7 @@ BASE_CAPABILITIES = (
     "SPECIAL-USE", "CREATE-SPECIAL-USE", "STATUS=SIZE", "ESEARCH", "SEARCHRES", "MULTIAPPEND",
     "CONDSTORE", "QRESYNC", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES", "QUOTA", "QUOTA=RES-STORAGE", "PREVIEW", "SAVEDATE", "OBJECTID",
+    "COMPRESS=DEFLATE", "BINARY",
 )
 
 
@@ -81,6 +88,10 @@ class SessionOutput(Protocol):
 
     def close(self) -> None:
         """Close the connection once written bytes are sent."""
+
+    def start_compression(self, pending: bytes) -> None:
+        """COMPRESS DEFLATE (RFC 4978 §3): compress later writes, inflate all input
+        from ``pending`` on (bytes received but not yet read as commands)."""
 
     def wait_writable(self) -> "Deferred[None] | None":
         """None when more may be written now; else a Deferred that fires when the
@@ -112,6 +123,9 @@ class SelectedMailbox:
     #: uid -> MODSEQ of flag changes this session's own responses already showed
     #: (STORE, FETCH setting \Seen), so that they are not reported twice.
     flags_shown: dict[int, int] = field(default_factory=dict)
+    #: UIDs recent in this session (RFC 3501 §2.3.2), and the claim still out (commands/recent.py).
+    recent: RecentUids = field(default_factory=RecentUids)
+    claiming: Deferred | None = None
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -175,8 +189,9 @@ class ImapSession:
     already on (implicit TLS). Call :meth:`start` once, then
     :meth:`data_received` with each chunk and :meth:`connection_lost` at the
     end. Handlers use the attributes ``ctx``, ``state``, ``user``,
-    ``selected``, ``tls_active``, ``client_ip`` and the methods documented
-    below; nothing else.
+    ``selected``, ``tls_active``, ``compression_active``, ``client_ip`` and the
+    methods documented below; nothing else. The adapter also uses
+    :meth:`wants_input`, ``input_wanted`` and :meth:`end` (COMPRESS's inflation).
     """
 
     def __init__(self, ctx: Any, output: SessionOutput, *, client_ip: str, tls_active: bool):
@@ -197,10 +212,17 @@ class ImapSession:
         self._pumping = False
         self._bad_commands = 0
         self._tls_after_reply = False
+        self._compress_after_reply = False
+        #: COMPRESS DEFLATE is on (RFC 4978).
+        self.compression_active = False
+        #: Called (by no argument) when the session takes input again after a
+        #: command that waited; the adapter feeds it held-back inflated input.
+        self.input_wanted: Callable[[], None] | None = None
         self._close_after_reply = False
         self._idle_timer = None
         self._unauth_timer = None
         self._line_reader: Callable[[bytes], None] | None = None
+        self._shutting_down = False
 
     # ------------------------------------------------------------------
     # connection events
@@ -259,6 +281,16 @@ class ImapSession:
         """STARTTLS: after the tagged OK, drop buffered input and start TLS (RFC 3501 §6.2.1)."""
         self._tls_after_reply = True
 
+    def compress_after_reply(self) -> None:
+        """COMPRESS: after the tagged OK, compress both ways (RFC 4978 §3)."""
+        self._compress_after_reply = True
+
+    def wants_input(self) -> bool:
+        """Whether input given now is read at once: not while input is being
+        read, nor while a command waits (unless it waits for a line)."""
+        return (not self.closed and not self._pumping
+                and (not self._busy or self._line_reader is not None))
+
     def close_after_reply(self) -> None:
         """LOGOUT: close once the tagged reply is written (RFC 3501 §6.1.3)."""
         self._close_after_reply = True
@@ -287,6 +319,7 @@ class ImapSession:
         self._line_reader = reader
         if not self._pumping:
             self._pump()  # the line may already be here
+            self._notify_input_wanted()
 
     def select(self, mailbox: SelectedMailbox) -> None:
         """Enter the selected state with ``mailbox``."""
@@ -306,7 +339,8 @@ class ImapSession:
         other sessions', SMTP delivery's and POP3's changes alike) and sends,
         in this order: the expunges (``* n EXPUNGE``, highest first, or ``*
         VANISHED uids`` once QRESYNC is on, RFC 7162 §3.2.10.2), ``* n
-        EXISTS`` for new messages (RFC 3501 §7.3.1), and ``* n FETCH (FLAGS
+        EXISTS`` for new messages (RFC 3501 §7.3.1; then ``* n RECENT``,
+        perhaps once their claim is written: commands/recent.py), and ``* n FETCH (FLAGS
         ...)`` for flag changes of messages the client knows (RFC 3501
         §7.4.2; UID and MODSEQ as :func:`condstore.unsolicited_fetch` says).
 
@@ -332,6 +366,7 @@ class ImapSession:
             mailbox.uids.extend(added)
             mailbox.uidnext = max(mailbox.uidnext, added[-1] + 1)
             self.send(responses.untagged(b"%d EXISTS" % len(mailbox.uids)))
+            recent.note_new_messages(self, mailbox, added)  # then * n RECENT (RFC 3501 §7.3.2)
         shown = mailbox.flags_shown
         for info in changes.changed:
             if info.uid > known_last or info.uid in gone or shown.get(info.uid, 0) >= info.modseq:
@@ -473,6 +508,8 @@ class ImapSession:
         self._succeed(result, command)
 
     def _succeed(self, completion: Completion | None, command: Command) -> None:
+        if self._wait_before_reply(self._succeed, completion, command):
+            return
         completion = completion or Completion(f"{command.name} completed")
         self.send(responses.tagged(command.tag, "OK", completion.text, completion.code))
         self._command_done()
@@ -480,6 +517,8 @@ class ImapSession:
     def _fail(self, failure: Failure, command: Command) -> None:
         """Answer a failed command: BAD for syntax, its own reply for a MailError,
         the mapped reply for a store error, a generic temporary NO for a bug."""
+        if self._wait_before_reply(self._fail, failure, command):
+            return
         error = failure.value
         if isinstance(error, ParseError):
             self._reply_bad(command.tag, str(error))
@@ -494,6 +533,15 @@ class ImapSession:
                 self._count_bad()
         self._command_done()
 
+    def _wait_before_reply(self, reply: Callable, *args) -> bool:
+        """Whether the tagged reply must wait for a \\Recent claim to answer
+        (its ``* n RECENT`` goes first); ``reply(*args)`` then runs later."""
+        waiting = recent.reply_wait(self)
+        if waiting is None:
+            return False
+        waiting.addBoth(lambda _: reply(*args))
+        return True
+
     def _command_done(self) -> None:
         """After a tagged reply: STARTTLS/LOGOUT follow-ups, then the next command."""
         self._busy = False
@@ -505,11 +553,27 @@ class ImapSession:
             self.tls_active = True
             if not self.closed:
                 self.output.start_tls()
+        if self._compress_after_reply:
+            self._compress_after_reply = False
+            # RFC 4978 §3: compression starts right after the tagged OK's CRLF,
+            # both ways; what the client pipelined behind COMPRESS is compressed.
+            self.compression_active = True
+            if not self.closed:
+                self.output.start_compression(self.reader.take_buffered())
         if self._close_after_reply:
             self._close(None)
             return
+        if self._shutting_down:
+            self._close(SHUTDOWN_BYE)
+            return
         if not self._pumping:
             self._pump()
+            self._notify_input_wanted()
+
+    def _notify_input_wanted(self) -> None:
+        """Tell the adapter input is read again (it may be holding some back)."""
+        if self.input_wanted is not None and self.wants_input():
+            self.input_wanted()
 
     def _reply_bad(self, tag: bytes, text: str) -> None:
         self.send(responses.tagged(tag, "BAD", text) if tag != b"*"
@@ -524,6 +588,23 @@ class ImapSession:
 
     # ------------------------------------------------------------------
     # ending
+
+    def shut_down(self, force: bool = False) -> None:
+        """The server is stopping: ``* BYE`` and close (RFC 9051 §7.1.5).
+
+        At once when no command runs or the running one waits for the
+        client (IDLE's DONE, an AUTHENTICATE response); else after the
+        running command's tagged reply, so that it completes. ``force``
+        closes at once in every case (the shutdown timeout passed).
+        """
+        self._shutting_down = True
+        if force or not self._busy or self._line_reader is not None:
+            self._close(SHUTDOWN_BYE)
+
+    def end(self, bye_text: str) -> None:
+        """End the session at once with ``* BYE bye_text`` (for the adapter, when
+        the connection's input cannot be read on: corrupt compressed data)."""
+        self._close(bye_text)
 
     def _timed_out(self) -> None:
         """An idle or unauthenticated timer fired (RFC 3501 §5.4 autologout)."""

@@ -16,7 +16,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterable
 
-from mailserverd.imap.search import decode_header_value
+from mailserverd.search.text import decode_header_value
 from mailserverd.mail import mime
 
 __all__ = [

@@ -86,6 +86,11 @@ class POP3Protocol(Protocol):
         if self.session is not None:
             self.session.connection_lost()
 
+    def shut_down(self, force: bool = False) -> None:
+        """The server is stopping: see :meth:`POP3Session.shut_down`."""
+        if self.session is not None:
+            self.session.shut_down(force)
+
     # -- SessionSink -----------------------------------------------------------
 
     def send(self, data: bytes) -> None:

@@ -81,7 +81,7 @@ def cmd_auth(session: "POP3Session", args: list[bytes]) -> ExchangeResult:
             return replies.AUTH_BAD_BASE64
     mechanism = sasl.create_mechanism(
         name, session.ctx.authenticator, session.client_ip, session.tls_active,
-        allow_plaintext=session.ctx.config.auth.allow_plaintext,
+        allow_plaintext=session.ctx.config.auth.allow_plaintext, protocol="pop3",
     )
     exchange = sasl.SaslExchange(mechanism, POP3_SASL, session.read_next_line,
                                  lambda user: open_maildrop(session, user))

@@ -197,7 +197,8 @@ def cmd_pass(session: "POP3Session", args: list[bytes]) -> HandlerResult:
     except UnicodeDecodeError:
         return replies.AUTH_FAILED
     d = maybeDeferred(
-        session.ctx.authenticator.authenticate, address, password, session.client_ip, mechanism="USER"
+        session.ctx.authenticator.authenticate, address, password, session.client_ip, mechanism="USER",
+        protocol="pop3",
     )
     d.addCallbacks(lambda user: open_maildrop(session, user), _authentication_failed)
     return d

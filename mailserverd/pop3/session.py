@@ -112,6 +112,7 @@ class POP3Session:
         self._idle_call = None
         self._end_reason = "client closed"
         self._lost = False
+        self._shutting_down = False
 
     # -- contract with the adapter --------------------------------------
 
@@ -148,6 +149,23 @@ class POP3Session:
             user=self.maildrop.user if self.maildrop else "-",
             end=self._end_reason,
         )
+
+    def shut_down(self, force: bool = False) -> None:
+        """The server is stopping: ``-ERR [SYS/TEMP]`` and close, without UPDATE
+        (RFC 1939 §6: nothing marked is removed).
+
+        At once when no command runs; else once it has finished (a running
+        QUIT's UPDATE completes, a body being sent is sent whole). ``force``
+        closes at once in every case (the shutdown timeout passed).
+        """
+        self._shutting_down = True
+        if force or not self._busy:
+            self._end_shut_down()
+
+    def _end_shut_down(self) -> None:
+        if not self.closed:
+            self._send(replies.SHUTTING_DOWN)
+            self._close("shutdown")
 
     def plaintext_allowed(self) -> bool:
         """Whether USER/PASS may be used now: under TLS, or if the config allows plaintext."""
@@ -295,7 +313,9 @@ class POP3Session:
 
     def _continue(self) -> None:
         """Resume input processing unless the loop that started the command is still running."""
-        if not self._in_loop and not self.closed:
+        if self._shutting_down:
+            self._end_shut_down()
+        elif not self._in_loop and not self.closed:
             self._process_input()
 
     def _unexpected(self, failure: Failure) -> Reply | Outcome:

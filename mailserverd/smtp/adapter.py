@@ -93,6 +93,11 @@ class SMTPServerProtocol(Protocol):
             commands=session.commands, messages=session.messages_accepted,
         )
 
+    def shut_down(self, force: bool = False) -> None:
+        """The server is stopping: see :meth:`SMTPSession.shut_down`."""
+        if not self._lost and self.session is not None:
+            self._perform(self.session.shut_down(force))
+
     # --- carrying out actions
 
     def _perform(self, actions: list[Action]) -> None:

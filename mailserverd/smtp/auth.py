@@ -72,7 +72,7 @@ def smtp_auth(session: "SMTPSession", arg: bytes) -> ExchangeResult:
     try:
         mechanism = sasl.create_mechanism(
             parts[0], session.authenticator, session.peer.ip, session.tls_active,
-            allow_plaintext=session.policy.allow_plaintext)
+            allow_plaintext=session.policy.allow_plaintext, protocol="smtp")
     except sasl.UnknownMechanism:
         return replies.S504_UNKNOWN_MECHANISM
     except sasl.MechanismNotAllowed:

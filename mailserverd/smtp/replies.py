@@ -130,6 +130,8 @@ S421_IDLE_TIMEOUT = reply(421, "4.4.2", "Idle timeout, closing connection")
 S421_TOO_MANY_ERRORS = reply(421, "4.7.0", "Too many errors, closing connection")
 S421_TOO_MANY_COMMANDS = reply(421, "4.7.0", "Too many commands, closing connection")
 S421_LINE_FLOOD = reply(421, "4.7.0", "Line too long, closing connection")
+# RFC 5321 §3.8: a server shutting down sends 421; RFC 3463 X.3.2: not accepting messages.
+S421_SHUTTING_DOWN = reply(421, "4.3.2", "Service shutting down, try again later")
 S451_LOCAL_ERROR = reply(451, "4.3.0", "Local error in processing, try again later")
 S452_TOO_MANY_RECIPIENTS = reply(452, "4.5.3", "Too many recipients")
 # RFC 4954 §6: a temporary failure such as a throttled or unavailable password check.

@@ -92,8 +92,10 @@ class RecipientDelivery(Protocol):
         """Whether authenticated ``user`` may use ``sender`` as its reverse-path."""
 
     def deliver(self, sender: str, recipients: list[str], users: list[str], raw: bytes,
-                client: ClientInfo) -> "Deferred[DeliveryResult]":
-        """Fires after the message is durable; fails with MailError."""
+                client: ClientInfo, envelope: Transaction | None = None) -> "Deferred[DeliveryResult]":
+        """Fires after the message is durable (local users stored, other
+        domains queued); fails with MailError. ``envelope`` carries the DSN
+        and body parameters."""
 
 
 #: Listener kinds that serve mail clients: AUTH offered and required before MAIL
@@ -185,6 +187,7 @@ class SMTPSession:
         self._line_reader: Callable[[bytes], HandlerResult] | None = None
         self._waiting = False
         self._after_reply: list[str] = []  # "data", "tls", "close": flow changes after the reply
+        self._shutting_down = False
 
     # --- what handlers call
 
@@ -228,7 +231,7 @@ class SMTPSession:
                             authenticated_user=self.authenticated_user)
         outcome = maybeDeferred(self.delivery.deliver, transaction.sender,
                                 list(transaction.recipients), list(transaction.users),
-                                message, client)
+                                message, client, envelope=transaction)
         return outcome.addCallback(self._accepted)
 
     def starttls_offered(self) -> bool:
@@ -265,6 +268,21 @@ class SMTPSession:
                 return self._close_now(replies.S421_TOO_MANY_COMMANDS, reply_now=False)
             return []
         return self._run()
+
+    def shut_down(self, force: bool = False) -> list[Action]:
+        """The server is stopping: 421 and close (RFC 5321 §3.8).
+
+        At once between commands; while a command waits (a delivery being
+        made durable) or mail text is being read, after that command's
+        reply, so that a message whose DATA has begun can still be accepted.
+        ``force`` closes at once in every case (the shutdown timeout passed).
+        """
+        self._shutting_down = True
+        if self.closed:
+            return []
+        if force:
+            return self._close_now(replies.S421_SHUTTING_DOWN)
+        return [] if self._waiting else self._run()
 
     def timed_out(self) -> list[Action]:
         """The idle (or DATA) timer fired: 421 4.4.2 and close (RFC 5321 §4.5.3.2)."""
@@ -308,6 +326,8 @@ class SMTPSession:
         actions: list[Action] = []
         while not self.closed and not self._waiting and (
                 self._input or (self._reader is not None and self._reader.done)):  # BDAT 0
+            if self._shutting_down and self._reader is None:
+                break
             if self._reader is not None:
                 actions += self._read_text()
             else:
@@ -318,6 +338,8 @@ class SMTPSession:
                     actions += self._run_line_reader(line)
                 elif line:
                     actions += self._run_command(line)
+        if self._shutting_down and not (self.closed or self._waiting or self._reader is not None):
+            actions += self._close_now(replies.S421_SHUTTING_DOWN)
         return actions
 
     def _next_line(self, actions: list[Action]) -> bytes | None:

@@ -11,26 +11,42 @@ error instead of being misread.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 
 import lmdb
+from twisted.logger import Logger
 
 from mailserverd.store import keys
 from mailserverd.store.errors import SchemaMismatch, StoreError
+from mailserverd.store.migrations import SCHEMA_VERSION, STEPS, upgrade
 
-#: Version of the layout of meta and shard environments this code reads and writes.
-SCHEMA_VERSION = 1
+log = Logger(namespace="mailserverd.store")
 
-META_DBS = ("info", "domains", "users", "aliases", "members")
+META_DBS = ("info", "domains", "users", "aliases", "members",
+            "webtokens", "webmessages")  # the HTTP gateway's: store/webapi.py
 SHARD_DBS = (
     "info", "accounts", "mbnames", "mailboxes", "subscriptions", "messages",
     "modseqs", "vanished", "changes", "blobs", "blobrefs",
+    "searchmap", "searchdocs", "searchgrams",  # the search index: store/searchindex.py
+    "spamtokens", "spamtrained",  # the spam classifier: store/spamtokens.py
 )
 
 #: ``info`` keys.
 SCHEMA_KEY = b"schema"
 SHARDS_KEY = b"shards"  # meta: the shard count fixed at creation
 SHARD_KEY = b"shard"  # shard: its own number
+
+
+@dataclass(frozen=True)
+class EnvUsage:
+    """How full one environment is: ``used_bytes`` (pages up to the highest
+    written), ``map_size`` (the most it may grow to), ``readers`` (reader
+    slots taken in its lock table)."""
+
+    used_bytes: int
+    map_size: int
+    readers: int
 
 
 @dataclass
@@ -40,19 +56,48 @@ class StoreEnv:
     path: str
     env: lmdb.Environment
     dbs: dict = field(default_factory=dict)
+    # close() and usage() may run on different threads (a metrics scrape).
+    _close_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _closed: bool = False
 
     def close(self) -> None:
         """Close the environment; any later use raises lmdb.Error."""
-        self.env.close()
+        with self._close_lock:
+            self._closed = True
+            self.env.close()
+
+    def usage(self) -> EnvUsage | None:
+        """The environment's :class:`EnvUsage` (no transaction, no file I/O), or
+        None once it is closed. Safe on any thread, also while another closes it."""
+        with self._close_lock:
+            if self._closed:
+                return None
+            try:
+                info, stat = self.env.info(), self.env.stat()
+            except lmdb.Error:
+                return None
+        return EnvUsage(used_bytes=(info["last_pgno"] + 1) * stat["psize"],
+                        map_size=info["map_size"], readers=info["num_readers"])
 
 
 def make_dir(path: str) -> None:
-    """Create ``path`` (and parents) with mode 0700 if missing.
+    """Create ``path`` and its missing parents, each with mode 0700.
 
-    Raises StoreError naming the path if it cannot be created or written.
+    (``os.makedirs`` gives only the last one its mode: a new ``shards/`` would
+    be 0755.) Raises StoreError naming the path if it cannot be created or written.
     """
+    missing = []
+    head = os.path.abspath(path)
+    while not os.path.isdir(head) and head != os.path.dirname(head):
+        missing.append(head)
+        head = os.path.dirname(head)
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        for directory in reversed(missing):
+            try:
+                os.mkdir(directory, 0o700)
+            except FileExistsError:
+                if not os.path.isdir(directory):
+                    raise
     except OSError as exc:
         raise StoreError(f"cannot create store directory {path}: {exc.strerror or exc}") from None
     if not os.access(path, os.W_OK | os.X_OK):
@@ -78,15 +123,17 @@ def open_env(path: str, map_size: int, db_names: tuple[str, ...],
         raise StoreError(f"cannot open {what} store at {path}: {exc}") from None
     try:
         dbs = {name: env.open_db(name.encode("ascii"), create=True) for name in db_names}
-        _check_schema(env, dbs["info"], path, identity, what)
+        _check_schema(env, dbs, path, identity, what)
     except BaseException:
         env.close()
         raise
     return StoreEnv(path=path, env=env, dbs=dbs)
 
 
-def _check_schema(env, info_db, path: str, identity: dict[bytes, int], what: str) -> None:
-    """Write schema + identity into a new environment; compare them in an old one."""
+def _check_schema(env, dbs: dict, path: str, identity: dict[bytes, int], what: str) -> None:
+    """Write schema + identity into a new environment; compare them in an old
+    one, upgrading an older schema in the same transaction (migrations.py)."""
+    info_db = dbs["info"]
     with env.begin(write=True, db=info_db) as txn:
         stored = txn.get(SCHEMA_KEY)
         if stored is None:
@@ -95,12 +142,17 @@ def _check_schema(env, info_db, path: str, identity: dict[bytes, int], what: str
                 txn.put(key, keys.u64(value))
             return
         version = keys.read_u64(stored)
-        if version != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION and (version > SCHEMA_VERSION or version not in STEPS):
             newer = "a newer" if version > SCHEMA_VERSION else "an older, unsupported"
             raise SchemaMismatch(
                 f"{what} store at {path} has schema version {version}, written by "
                 f"{newer} version of mailserverd; this version reads schema {SCHEMA_VERSION}"
             )
+        if version < SCHEMA_VERSION:
+            upgrade(txn, dbs, version, what)
+            txn.put(SCHEMA_KEY, keys.u64(SCHEMA_VERSION))
+            log.info("store-upgraded store={what} path={path} schema_from={old} schema_to={new}",
+                     what=what, path=path, old=version, new=SCHEMA_VERSION)
         for key, expected in identity.items():
             found = txn.get(key)
             found_value = None if found is None else keys.read_u64(found)
@@ -109,3 +161,66 @@ def _check_schema(env, info_db, path: str, identity: dict[bytes, int], what: str
                     f"{what} store at {path} was created with {key.decode()}={found_value}, "
                     f"but it is being opened with {key.decode()}={expected}"
                 )
+
+
+def open_env_readonly(path: str, db_names: tuple[str, ...], what: str) -> StoreEnv:
+    """Open an existing environment read-only (backup, fsck), beside a running daemon.
+
+    Only the sub-databases of ``db_names`` that exist are in ``dbs``. The
+    schema version is checked (SchemaMismatch for another one); nothing is
+    written. Raises StoreError if ``path`` holds no environment.
+    """
+    if not os.path.isfile(os.path.join(path, "data.mdb")):
+        raise StoreError(f"no {what} store at {path}")
+    try:
+        env = lmdb.open(path, readonly=True, subdir=True, max_dbs=len(db_names) + 2, lock=True)
+    except (lmdb.Error, OSError) as exc:
+        raise StoreError(f"cannot open {what} store at {path}: {exc}") from None
+    try:
+        dbs = {}
+        for name in db_names:  # without a txn: a handle opened in a read txn dies with it
+            try:
+                dbs[name] = env.open_db(name.encode("ascii"), create=False)
+            except lmdb.NotFoundError:
+                continue
+        with env.begin() as txn:
+            stored = txn.get(SCHEMA_KEY, db=dbs["info"]) if "info" in dbs else None
+        version = None if stored is None else keys.read_u64(stored)
+        if version != SCHEMA_VERSION:
+            hint = ("; it is upgraded the first time the server or an admin command opens it"
+                    if version is not None and version < SCHEMA_VERSION else "")
+            raise SchemaMismatch(f"{what} store at {path} has schema version {version}; "
+                                 f"this version reads schema {SCHEMA_VERSION}{hint}")
+    except BaseException:
+        env.close()
+        raise
+    return StoreEnv(path=path, env=env, dbs=dbs)
+
+
+def layout(shards: int, queue: bool) -> list[tuple[str, str]]:
+    """``(name, directory relative to the data dir)`` of every environment of a store."""
+    envs = [("meta", "meta")] + [(f"shard-{n:02d}", os.path.join("shards", f"{n:02d}")) for n in range(shards)]
+    if queue:
+        envs.append(("queue", "queue"))
+    return envs
+
+
+def open_all_readonly(data_dir: str) -> list[tuple[str, str, object]]:
+    """Open every environment of ``data_dir`` read-only: ``[(name, rel_dir, StoreEnv)]``,
+    meta first, then the shards (their count read from meta), then the queue if
+    it exists (only its ``info`` in ``dbs``: its records are the queue's own).
+    Raises StoreError or SchemaMismatch; closes what it opened then."""
+    opened = [("meta", "meta", open_env_readonly(os.path.join(data_dir, "meta"), META_DBS, "meta"))]
+    try:
+        with opened[0][2].env.begin() as txn:
+            count = txn.get(SHARDS_KEY, db=opened[0][2].dbs["info"])
+        shards = 0 if count is None else keys.read_u64(count)
+        has_queue = os.path.isfile(os.path.join(data_dir, "queue", "data.mdb"))
+        for name, rel in layout(shards, has_queue)[1:]:
+            names = ("info",) if name == "queue" else SHARD_DBS
+            opened.append((name, rel, open_env_readonly(os.path.join(data_dir, rel), names, name)))
+    except BaseException:
+        for _, _, env in opened:
+            env.close()
+        raise
+    return opened

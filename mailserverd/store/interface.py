@@ -116,6 +116,12 @@ class MailStore(Protocol):
     def store_flags(self, user: str, mailbox_id: int, uids: Iterable[int], mode: str,
                     flags: Iterable[str], unchanged_since: int | None = None) -> Deferred[FlagsResult]:
         """``mode`` is ``"+"`` (add), ``"-"`` (remove) or ``"="`` (replace)."""
+    def claim_recent(self, user: str, mailbox_id: int) -> Deferred[range]:
+        """Take the mailbox's messages no caller has taken yet: fires with the
+        ``range`` of UIDs from the mailbox's ``first_recent_uid`` to its UIDNEXT
+        (empty if none; some may be expunged), after durably moving
+        ``first_recent_uid`` to UIDNEXT, so each UID is taken once, ever, also
+        across restarts. Not in the change log. Fails with NotFound."""
     def expunge(self, user: str, mailbox_id: int, uids: Iterable[int] | None = None) -> Deferred[list[int]]:
         """Remove messages flagged \\Deleted (only those in ``uids`` if given); returns their UIDs."""
 

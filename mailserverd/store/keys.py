@@ -105,3 +105,34 @@ def member_key(domain: str, address: str) -> bytes:
 def member_prefix(domain: str) -> bytes:
     """Prefix of every :func:`member_key` of ``domain``."""
     return domain.encode("utf-8") + b"\x00"
+
+
+# ---------------------------------------------------------------- outbound queue
+
+_U32 = struct.Struct(">I")
+
+
+def queue_id_key(queue_id: str) -> bytes:
+    """``qmessages`` / ``qblobs`` key: the queue id (ASCII)."""
+    return queue_id.encode("ascii")
+
+
+def queue_entry_key(queue_id: str, index: int) -> bytes:
+    """``qentries`` key: (queue id, recipient index); a message's entries are one range."""
+    return queue_id.encode("ascii") + _U32.pack(index)
+
+
+def split_queue_entry_key(key: bytes) -> tuple[str, int]:
+    """``(queue_id, index)`` of a :func:`queue_entry_key`."""
+    return key[:-4].decode("ascii"), _U32.unpack(key[-4:])[0]
+
+
+def queue_schedule_key(when_ms: int, queue_id: str, index: int) -> bytes:
+    """``qschedule`` key: (next attempt in unix milliseconds, queue id, index),
+    so that the entries due first come first."""
+    return _U64.pack(when_ms) + queue_entry_key(queue_id, index)
+
+
+def split_queue_schedule_key(key: bytes) -> tuple[int, str, int]:
+    """``(when_ms, queue_id, index)`` of a :func:`queue_schedule_key`."""
+    return (_U64.unpack(key[:8])[0], *split_queue_entry_key(key[8:]))

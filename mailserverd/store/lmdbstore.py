@@ -31,7 +31,7 @@ from typing import Callable, Iterable
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.python.failure import Failure
 
-from mailserverd.store import mailboxes, messages, meta, shard
+from mailserverd.store import mailboxes, messages, meta, searchindex, shard, spamtokens, webapi
 from mailserverd.store.blobs import read_blob, read_facts
 from mailserverd.store.env import META_DBS, SHARD_DBS, SHARD_KEY, SHARDS_KEY, StoreEnv, make_dir, open_env
 from mailserverd.store.errors import Expunged, NotFound, StoreError, StoreTemporaryError
@@ -223,15 +223,17 @@ class LMDBStore:
         with env.env.begin() as txn:
             return function(txn, env.dbs, user.user_id, *args)
 
-    def _shard_write(self, address: str, make_apply) -> Deferred:
-        """Submit ``make_apply(user)`` (an operation) to the user's shard writer."""
+    def _shard_write(self, address: str, make_apply, notify: bool = True) -> Deferred:
+        """Submit ``make_apply(user)`` (an operation) to the user's shard writer;
+        with ``notify``, the user's change watchers are called once it is committed."""
         try:
             self._check_running()
             user = self._user(address)
             apply = make_apply(user)
         except StoreError as exc:
             return fail(exc)
-        return self._watchers.notify_after(self._submitters[user.shard].submit(apply), user.user_id)
+        written = self._submitters[user.shard].submit(apply)
+        return self._watchers.notify_after(written, user.user_id) if notify else written
 
     def watch_changes(self, address: str, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback()`` after each write of this store to ``address``'s
@@ -339,6 +341,29 @@ class LMDBStore:
     def remove_alias(self, address: str) -> Deferred:
         return self._meta_write(lambda w: meta.remove_alias(w, address))
 
+    # ---------------------------------------------------------------- the HTTP gateway (store/webapi.py)
+
+    def get_web_token(self, token_hash: bytes) -> webapi.WebToken | None:
+        return self._meta_read(webapi.get_token, token_hash)
+
+    def list_web_tokens(self, user: str) -> list[webapi.WebToken]:
+        return self._meta_read(webapi.list_tokens, user)
+
+    def add_web_token(self, token_hash: bytes, token: webapi.WebToken) -> Deferred:
+        return self._meta_write(lambda w: webapi.add_token(w, token_hash, token))
+
+    def revoke_web_token(self, user: str, token_id: str) -> Deferred:
+        return self._meta_write(lambda w: webapi.revoke_token(w, user, token_id))
+
+    def get_web_message(self, user: str, message_id: str) -> webapi.WebMessage | None:
+        return self._meta_read(webapi.get_message, user, message_id)
+
+    def find_web_idempotent(self, user: str, key: str) -> str | None:
+        return self._meta_read(webapi.find_idempotent, user, key)
+
+    def add_web_message(self, user: str, message: webapi.WebMessage, expire_before: int) -> Deferred:
+        return self._meta_write(lambda w: webapi.add_message(w, user, message, expire_before))
+
     # ---------------------------------------------------------------- MailStore: reads
 
     def list_mailboxes(self, user: str) -> list[MailboxInfo]:
@@ -379,6 +404,10 @@ class LMDBStore:
         """The lowest UID without \\Seen, or None (SELECT's UNSEEN, RFC 3501 §6.3.1). Extra."""
         return self._shard_read(user, shard.first_unseen_uid, mailbox_id)
 
+    def count_messages_from(self, user: str, mailbox_id: int, first_uid: int) -> int:
+        """How many messages have a UID >= ``first_uid`` (a key scan from there). Extra."""
+        return self._shard_read(user, shard.count_uids_from, mailbox_id, first_uid)
+
     def get_message(self, user: str, mailbox_id: int, uid: int) -> MessageInfo:
         return self._shard_read(user, shard.get_message, mailbox_id, uid)
 
@@ -409,6 +438,87 @@ class LMDBStore:
         env = self._shard_envs[shard_number]
         with env.env.begin() as txn:
             return shard.last_seq(txn, env.dbs)
+
+    # ---------------------------------------------------------------- the search index (extra)
+    # Kept for mailserverd.search: the records are store/searchindex.py's.
+
+    def search_seq(self, shard_number: int) -> int:
+        """The change-log position shard ``shard_number``'s search index reflects."""
+        env = self._shard_envs[shard_number]
+        with env.env.begin() as txn:
+            return searchindex.search_seq(txn, env.dbs)
+
+    def read_content(self, shard_number: int, blob_id: bytes) -> tuple[bytes, dict] | None:
+        """``(message bytes, facts)`` of a blob of a shard, or None if it is gone."""
+        env = self._shard_envs[shard_number]
+        with env.env.begin() as txn:
+            raw = read_blob(txn, env.dbs, blob_id)
+            return None if raw is None else (raw, read_facts(txn, env.dbs, blob_id))
+
+    def read_search_index(self, user: str, function: Callable):
+        """``function(SearchIndexReader)`` over ``user``'s index in one read
+        transaction (on the calling thread). Raises NotFound for an unknown user."""
+        return self._shard_read(user, lambda txn, dbs, user_id: function(
+            searchindex.SearchIndexReader(txn, dbs, user_id)))
+
+    def write_search_batch(self, shard_number: int, upto_seq: int, docs: list, removals: list) -> Deferred:
+        """Commit one indexing batch on the shard's writer (see searchindex.apply_batch);
+        the Deferred fires with the number of docs written, once durable."""
+        if not self._running:
+            return fail(StoreTemporaryError("mail store is not running"))
+        return self._submitters[shard_number].submit(
+            lambda w: searchindex.apply_batch(w, upto_seq, docs, removals))
+
+    # ---------------------------------------------------------------- the spam classifier (extra)
+    # Kept for mailserverd.delivery.bayes: the records are store/spamtokens.py's.
+
+    def spam_seq(self, shard_number: int) -> int:
+        """The change-log position shard ``shard_number``'s spam trainer has followed."""
+        env = self._shard_envs[shard_number]
+        with env.env.begin() as txn:
+            return spamtokens.spam_seq(txn, env.dbs)
+
+    def spam_counts(self, user: str, hashes) -> spamtokens.ModelCounts:
+        """``user``'s own spam model for the token ``hashes``. Raises NotFound."""
+        return self._shard_read(user, spamtokens.read_counts, hashes)
+
+    def spam_token_count(self, user: str) -> int:
+        """Distinct tokens in ``user``'s spam model (a scan: for stats). Raises NotFound."""
+        return self._shard_read(user, spamtokens.token_count)
+
+    def site_spam_counts(self, hashes) -> spamtokens.ModelCounts:
+        """The site-wide spam model (every shard's) for the token ``hashes``."""
+        total = spamtokens.ModelCounts()
+        for env in self._shard_envs:
+            with env.env.begin() as txn:
+                total.add(spamtokens.read_counts(txn, env.dbs, spamtokens.SITE_USER_ID, hashes))
+        return total
+
+    def find_mailbox(self, shard_number: int, user_id: int, mailbox_id: int) -> MailboxInfo | None:
+        """A mailbox by the ids a change record names, or None if it is gone."""
+        env = self._shard_envs[shard_number]
+        with env.env.begin() as txn:
+            record = shard.get_mailbox(txn, env.dbs, user_id, mailbox_id)
+            return None if record is None else record.info(mailbox_id, False)
+
+    def write_spam_training(self, shard_number: int, examples: list, upto_seq: int | None = None,
+                            removed_users: list = ()) -> Deferred:
+        """Commit training on the shard's writer (see spamtokens.apply_training);
+        fires with the number of examples that changed a model, once durable."""
+        if not self._running:
+            return fail(StoreTemporaryError("mail store is not running"))
+        return self._submitters[shard_number].submit(
+            lambda w: spamtokens.apply_training(w, examples, upto_seq, removed_users))
+
+    def train_spam(self, user: str, examples: list) -> Deferred:
+        """Train ``user``'s model (and the site's) on ``[(blob id, SPAM or HAM,
+        token hashes)]`` (the CLI's bulk training). Fails with NotFound."""
+        try:
+            account = self._user(user)
+        except StoreError as exc:
+            return fail(exc)
+        return self.write_spam_training(account.shard, [
+            (account.user_id, blob_id, label, hashes) for blob_id, label, hashes in examples])
 
     # ---------------------------------------------------------------- MailStore: mailbox writes
 
@@ -561,6 +671,11 @@ class LMDBStore:
             return fail(exc)
         return self._shard_write(user, lambda u: lambda w: messages.store_flags(
             w, u.user_id, mailbox_id, uid_list, mode, flag_set, unchanged_since))
+
+    def claim_recent(self, user: str, mailbox_id: int) -> Deferred:
+        # Not a change other sessions are told of: see messages.claim_recent.
+        return self._shard_write(user, lambda u: lambda w: messages.claim_recent(
+            w, u.user_id, mailbox_id), notify=False)
 
     def expunge(self, user: str, mailbox_id: int, uids: Iterable[int] | None = None) -> Deferred:
         uid_list = None if uids is None else list(uids)

@@ -62,14 +62,18 @@ def _remove(w, user_id: int, mailbox_id: int, mailbox: MailboxRecord, message: M
     mailbox.highestmodseq = modseq
 
 
-def _append_change(messages: list[MessageInfo]) -> dict:
-    return {
+def _append_change(messages: list[MessageInfo], source: int | None = None) -> dict:
+    """The ``append`` record's data; ``source`` is the mailbox a copy or move came from."""
+    data = {
         "uids": [m.uid for m in messages],
         "blob_ids": [m.blob_id for m in messages],
         "sizes": [m.size for m in messages],
         "flags": [sorted(m.flags) for m in messages],
         "internaldates": [m.internaldate for m in messages],
     }
+    if source is not None:
+        data["source"] = source
+    return data
 
 
 def append(w, user_id: int, mailbox_name: str, name_max: int, blob_id: bytes, raw: bytes,
@@ -179,7 +183,7 @@ def _copy_into(w, user_id: int, src_mailbox_id: int, source: MailboxRecord,
     for message in messages:
         blobs.add_blob_refs(w.txn, w.dbs, message.blob_id, None, None, 1)
     w.txn.put(keys.change_key(dest_seq),
-              records.encode_change("append", user_id, dest_id, _append_change(copies)),
+              records.encode_change("append", user_id, dest_id, _append_change(copies, src_mailbox_id)),
               db=w.dbs["changes"])
     account = shard.require_account(w.txn, w.dbs, user_id)
     account.used_bytes += sum(m.size for m in messages)
@@ -269,6 +273,23 @@ def expunge(w, user_id: int, mailbox_id: int, uids) -> list[int]:
     _expunge_messages(w, user_id, mailbox_id, mailbox, doomed)
     shard.put_mailbox(w, user_id, mailbox_id, mailbox)
     return [m.uid for m in doomed]
+
+
+def claim_recent(w, user_id: int, mailbox_id: int) -> range:
+    """Claim the mailbox's messages that no one has claimed: the UIDs from its
+    first unclaimed UID up to UIDNEXT, returned as a ``range`` (perhaps empty,
+    and holding UIDs expunged since), and move the boundary to UIDNEXT, so
+    that each UID is claimed at most once, ever. Raises NotFound.
+
+    Not logged in the change log: no message or mailbox state a reader of the
+    log sees changes (IMAP's \\Recent, RFC 3501 §2.3.2, is built on it).
+    """
+    mailbox = shard.require_mailbox(w.txn, w.dbs, user_id, mailbox_id)
+    claimed = range(min(mailbox.first_recent_uid, mailbox.uidnext), mailbox.uidnext)
+    if claimed:
+        mailbox.first_recent_uid = mailbox.uidnext
+        shard.put_mailbox(w, user_id, mailbox_id, mailbox)
+    return claimed
 
 
 def purge_mailbox(w, user_id: int, mailbox_id: int, mailbox: MailboxRecord) -> int:

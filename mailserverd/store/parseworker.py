@@ -72,6 +72,7 @@ def main() -> int:
         if raw is None:
             return 0
         reply = msgpack.packb(list(prepare_message(raw)), use_bin_type=True)
+        del raw  # not kept while waiting for the next request (it may be megabytes)
         replies.write(_LENGTH.pack(len(reply)) + reply)
         replies.flush()
 

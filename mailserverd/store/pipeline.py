@@ -89,6 +89,9 @@ class ParsePool:
             finally:
                 with self._lock:
                     self._pending -= 1
+                # Not kept while waiting for the next job: the message may be
+                # megabytes (a large APPEND) and is the writer's now.
+                del job, raw, then, otherwise
 
 
 class _Slot:

@@ -10,7 +10,9 @@ documented here field by field.
 Change-log record ``data`` per kind (all names are str, ids int):
 
 - ``append``: ``uids`` [int], ``blob_ids`` [bytes], ``sizes`` [int],
-  ``flags`` [[str]], ``internaldates`` [int] (one entry per message, same order)
+  ``flags`` [[str]], ``internaldates`` [int] (one entry per message, same order);
+  a copy or move (also INBOX's rename) adds ``source`` [int], the mailbox id
+  the messages came from (the spam trainer learns from moves into and out of Junk)
 - ``flags``: ``uids`` [int], ``flags`` [[str]] (the new flags of each)
 - ``expunge``: ``uids`` [int]
 - ``mailbox-create``: ``name``, ``uidvalidity``, ``special_use`` (str or None)
@@ -35,6 +37,8 @@ from mailserverd.store.types import (
     Domain,
     MailboxInfo,
     MessageInfo,
+    QueuedMessage,
+    QueueEntry,
     ScramSecrets,
     User,
 )
@@ -157,6 +161,9 @@ class MailboxRecord:
     #: Every keyword a message of the mailbox has had (for IMAP's FLAGS, RFC 9051
     #: §7.3.5), in the order first seen; never shrinks, like Dovecot's keyword list.
     keywords: list[str] = field(default_factory=list)
+    #: The lowest UID no one has claimed yet (see messages.claim_recent): the
+    #: messages from here to UIDNEXT are new since the boundary last moved.
+    first_recent_uid: int = 1
 
     def info(self, mailbox_id: int, subscribed: bool) -> MailboxInfo:
         """The public view of this record."""
@@ -165,7 +172,7 @@ class MailboxRecord:
             uidnext=self.uidnext, highestmodseq=self.highestmodseq,
             messages=self.messages, unseen=self.unseen, size=self.size,
             subscribed=subscribed, special_use=self.special_use,
-            keywords=tuple(self.keywords),
+            keywords=tuple(self.keywords), first_recent_uid=self.first_recent_uid,
         )
 
 
@@ -180,6 +187,7 @@ def encode_mailbox(mailbox: MailboxRecord) -> bytes:
         "size": mailbox.size,
         "special_use": mailbox.special_use,
         "keywords": mailbox.keywords,
+        "first_recent": mailbox.first_recent_uid,
     })
 
 
@@ -189,6 +197,9 @@ def decode_mailbox(data: bytes) -> MailboxRecord:
         doc["name"], doc["uidvalidity"], doc["uidnext"], doc["highestmodseq"],
         doc["messages"], doc["unseen"], doc["size"], doc["special_use"],
         list(doc.get("keywords", ())),  # absent in records written before keywords were kept
+        # Absent in records written before recent messages were claimed: what
+        # was there then counts as claimed, so an upgrade makes no old mail new.
+        doc.get("first_recent", doc["uidnext"]),
     )
 
 
@@ -230,3 +241,44 @@ def encode_facts(facts: dict) -> bytes:
 
 def decode_facts(data: bytes) -> dict:
     return unpack(data)
+
+
+# --------------------------------------------------------------- queue records
+
+
+def encode_queued_message(message: QueuedMessage) -> bytes:
+    """A queued message's record; its queue id is the key."""
+    return pack({
+        "sender": message.sender, "arrival": message.arrival, "size": message.size,
+        "recipients": message.recipients, "envid": message.envid, "ret": message.ret,
+        "body": message.body, "smtputf8": message.smtputf8,
+    })
+
+
+def decode_queued_message(queue_id: str, data: bytes) -> QueuedMessage:
+    doc = unpack(data)
+    return QueuedMessage(
+        queue_id=queue_id, sender=doc["sender"], arrival=doc["arrival"], size=doc["size"],
+        recipients=doc["recipients"], envid=doc["envid"], ret=doc["ret"], body=doc["body"],
+        smtputf8=doc["smtputf8"],
+    )
+
+
+def encode_queue_entry(entry: QueueEntry) -> bytes:
+    """A queue entry's record; (queue id, index) is the key."""
+    return pack({
+        "rcpt": entry.recipient, "orcpt": entry.orcpt, "notify": list(entry.notify),
+        "state": entry.state, "attempts": entry.attempts, "next": entry.next_attempt,
+        "last": entry.last_attempt, "reply": entry.last_reply, "relay": entry.relay,
+        "warned": entry.delay_reported,
+    })
+
+
+def decode_queue_entry(queue_id: str, index: int, data: bytes) -> QueueEntry:
+    doc = unpack(data)
+    return QueueEntry(
+        queue_id=queue_id, index=index, recipient=doc["rcpt"], orcpt=doc["orcpt"],
+        notify=tuple(doc["notify"]), state=doc["state"], attempts=doc["attempts"],
+        next_attempt=doc["next"], last_attempt=doc["last"], last_reply=doc["reply"],
+        relay=doc["relay"], delay_reported=doc.get("warned", False),  # absent in older records
+    )

@@ -23,6 +23,7 @@ HIGHESTMODSEQ becomes it, all in one transaction.
 from __future__ import annotations
 
 import time
+import unicodedata
 
 from mailserverd.store import keys, records
 from mailserverd.store.errors import Expunged, InvalidName, NotFound
@@ -37,8 +38,20 @@ INBOX = "INBOX"
 SYSTEM_FLAGS = {flag.lower(): flag for flag in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
 SEEN = "\\Seen"
 DELETED = "\\Deleted"
-# Characters refused in mailbox names: controls, and LIST wildcards (RFC 9051 §6.3.9).
-_BAD_NAME_CHARS = frozenset(chr(code) for code in range(0x20)) | {"\x7f", "*", "%"}
+# Characters refused in mailbox names: controls, and LIST wildcards (RFC 9051 §6.3.9);
+# C1 controls and the line and paragraph separators (RFC 9051 §5.1: Net-Unicode,
+# RFC 5198 §2); and the invisible or direction-changing characters that let a
+# name pass for another (zero-width space, BOM, bidi marks, embeddings,
+# overrides and isolates).
+_BAD_NAME_CHARS = (frozenset(chr(code) for code in (*range(0x20), *range(0x7f, 0xa0)))
+                   | {"*", "%", "\u2028", "\u2029", "\u200b", "\ufeff", "\u061c", "\u200e", "\u200f"}
+                   | frozenset(chr(code) for code in (*range(0x202a, 0x202f), *range(0x2066, 0x206a))))
+# First characters of other namespaces by convention: "#" (RFC 9051 §5.1.2.1)
+# and "~" for other users (RFC 2342 §5's examples). We have only the personal
+# namespace (NAMESPACE says so), and a name must not pretend otherwise.
+_OTHER_NAMESPACE_PREFIXES = ("#", "~")
+# Hierarchy levels that read as paths climbing out of the mailbox tree.
+_PATH_LEVELS = frozenset({".", ".."})
 
 
 # ---------------------------------------------------------------- names and flags
@@ -47,18 +60,28 @@ _BAD_NAME_CHARS = frozenset(chr(code) for code in range(0x20)) | {"\x7f", "*", "
 def normalize_name(name: str, name_max: int) -> str:
     """A mailbox name as stored: INBOX upper-cased (RFC 9051 §5.1), checked.
 
-    Raises InvalidName for an empty name or component, control characters or
-    wildcards, text that is not valid Unicode, or more than ``name_max`` UTF-8 octets.
+    Raises InvalidName for an empty name or component, a ``.`` or ``..``
+    component, a name starting with another namespace's prefix (``#``, ``~``),
+    control, wildcard, invisible or bidi characters, a non-ASCII name that
+    reads as INBOX, text that is not valid Unicode, or more than ``name_max``
+    UTF-8 octets.
     """
     if not name:
         raise InvalidName("empty mailbox name")
     parts = name.split(HIERARCHY_SEPARATOR)
     if any(part == "" for part in parts):
         raise InvalidName("empty hierarchy level in mailbox name")
+    if any(part in _PATH_LEVELS for part in parts):
+        raise InvalidName("mailbox name has a . or .. hierarchy level")
+    if name.startswith(_OTHER_NAMESPACE_PREFIXES):
+        raise InvalidName("mailbox name starts with another namespace's prefix")
     if any(char in _BAD_NAME_CHARS for char in name):
-        raise InvalidName("mailbox name contains a control or wildcard character")
-    if parts[0].upper() == INBOX:
-        parts[0] = INBOX
+        raise InvalidName("mailbox name contains a control, wildcard or invisible character")
+    if parts[0].isascii():
+        if parts[0].upper() == INBOX:  # case-insensitive in ASCII only: "ınbox" is not INBOX
+            parts[0] = INBOX
+    elif unicodedata.normalize("NFKC", parts[0]).casefold() == "inbox":
+        raise InvalidName("mailbox name reads as INBOX but is not")
     name = HIERARCHY_SEPARATOR.join(parts)
     try:
         encoded = name.encode("utf-8")
@@ -191,6 +214,22 @@ def list_uids(txn, dbs, user_id: int, mailbox_id: int) -> list[int]:
             break
         uids.append(keys.uid_from_message_key(key))
     return uids
+
+
+def count_uids_from(txn, dbs, user_id: int, mailbox_id: int, first_uid: int) -> int:
+    """How many messages of the mailbox have a UID >= ``first_uid`` (keys only)."""
+    if first_uid > keys.UID_MAX:
+        return 0
+    prefix = keys.mailbox_prefix(user_id, mailbox_id)
+    cursor = txn.cursor(db=dbs["messages"])
+    if not cursor.set_range(keys.message_key(user_id, mailbox_id, max(first_uid, 0))):
+        return 0
+    count = 0
+    for key in cursor.iternext(keys=True, values=False):
+        if not key.startswith(prefix):
+            break
+        count += 1
+    return count
 
 
 def first_unseen_uid(txn, dbs, user_id: int, mailbox_id: int) -> int | None:

@@ -76,6 +76,8 @@ class MailboxInfo:
     subscribed: bool
     special_use: str | None
     keywords: tuple[str, ...] = ()  # every keyword its messages have had (IMAP FLAGS)
+    #: UIDs from here to ``uidnext`` are not yet claimed (MailStore.claim_recent).
+    first_recent_uid: int = 1
 
 
 @dataclass(frozen=True)
@@ -143,3 +145,63 @@ class ChangeRecord:
     user_id: int
     mailbox_id: int
     data: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- outbound queue
+
+#: States of a queue entry (one recipient of a queued message).
+#: ``active``: not yet tried, or being tried; ``deferred``: a temporary failure,
+#: retried at ``next_attempt``; ``held``: kept, not tried until released;
+#: ``delivered`` and ``bounced`` are final.
+QUEUE_STATES = ("active", "deferred", "held", "delivered", "bounced")
+#: States whose entries are in the schedule index (the scheduler tries them when due).
+QUEUE_SCHEDULED = frozenset({"active", "deferred"})
+QUEUE_FINAL = frozenset({"delivered", "bounced"})
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """A message in the outbound queue, stored once for all its recipients.
+
+    ``sender`` is the reverse-path (``""`` for a bounce, RFC 5321 §4.5.5);
+    ``arrival`` unix seconds; ``size`` octets of the stored message;
+    ``envid``/``ret`` the RFC 3461 §4.4/§4.3 parameters ("" when not given);
+    ``body`` ``7BIT`` or ``8BITMIME`` (RFC 6152); ``smtputf8`` RFC 6531;
+    ``recipients`` how many entries it has.
+    """
+
+    queue_id: str
+    sender: str
+    arrival: float
+    size: int
+    recipients: int
+    envid: str = ""
+    ret: str = ""
+    body: str = "7BIT"
+    smtputf8: bool = False
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One recipient of a queued message and where its delivery stands.
+
+    ``index`` numbers the recipients of the message from 0; ``orcpt`` and
+    ``notify`` are RFC 3461 §4.2/§4.1 (``()``: not given); ``state`` one of
+    :data:`QUEUE_STATES`; ``attempts`` tries so far; ``next_attempt`` and
+    ``last_attempt`` unix seconds; ``last_reply`` the peer's reply or our
+    reason (``"451 4.4.1 ..."``) and ``relay`` the host that gave it;
+    ``delay_reported`` whether the sender was sent its one delay notice.
+    """
+
+    queue_id: str
+    index: int
+    recipient: str
+    orcpt: str = ""
+    notify: tuple[str, ...] = ()
+    state: str = "active"
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_attempt: float = 0.0
+    last_reply: str = ""
+    relay: str = ""
+    delay_reported: bool = False

@@ -23,6 +23,7 @@ import collections
 import errno
 import shutil
 import threading
+import time
 from contextlib import contextmanager
 from typing import Callable
 
@@ -142,6 +143,9 @@ class EnvWriter:
     ``after_commit``, if set, is called on the writer thread right after each
     successful commit with the batch's outcomes ``[(ok, value), ...]``, before
     any caller is told (tests use it to prove the ordering).
+    ``observe_batch``, if set, is called on the writer thread after each
+    successful commit with the batch's operation count and the seconds its
+    transaction took from begin to durable commit (the metrics).
     """
 
     def __init__(self, store_env, name: str, fire: Callable, queue_max: int, batch_max: int):
@@ -153,6 +157,7 @@ class EnvWriter:
         self.ops_committed = 0
         self.ops_failed = 0
         self.after_commit: Callable | None = None
+        self.observe_batch: Callable[[int, float], None] | None = None
         self._fire = fire
         self._queue: collections.deque[_WriteOp] = collections.deque()
         self._cond = threading.Condition()
@@ -224,6 +229,9 @@ class EnvWriter:
             except BaseException as exc:  # a bug here must not strand callers
                 log.failure("store writer {name} crashed on a batch", name=self.name)
                 self._fire(self._fire_batch, batch, [(False, temporary_error_for(exc, self.store_env.path))] * len(batch))
+            # Not kept while waiting for the next batch: its operations hold
+            # their messages (megabytes for a large APPEND).
+            del batch
 
     def _take(self) -> list[_WriteOp] | None:
         with self._cond:
@@ -244,6 +252,7 @@ class EnvWriter:
 
     def _process(self, batch: list[_WriteOp]) -> None:
         """Commit the batch (splitting it on an LMDB failure) and tell its callers."""
+        started = time.perf_counter()
         try:
             outcomes = self._apply_and_commit(batch)
         except _BatchFailure as failure:
@@ -265,6 +274,7 @@ class EnvWriter:
             error = temporary_error_for(failure.cause, self.store_env.path)
             self._fire(self._fire_batch, batch, [(False, error)] * len(batch))
             return
+        elapsed = time.perf_counter() - started
         self.commits += 1
         for ok, _ in outcomes:
             if ok:
@@ -277,6 +287,11 @@ class EnvWriter:
             except Exception:
                 log.failure("after_commit hook of {name} failed", name=self.name)
         self._fire(self._fire_batch, batch, outcomes)
+        if self.observe_batch is not None:
+            try:
+                self.observe_batch(len(batch), elapsed)
+            except Exception:
+                log.failure("observe_batch hook of {name} failed", name=self.name)
 
     def _apply_and_commit(self, batch: list[_WriteOp]) -> list[tuple[bool, object]]:
         """Apply the batch in one transaction and commit it once. Raises _BatchFailure.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import imaplib
 import os
 import poplib
@@ -20,7 +21,7 @@ from conftest import REPO, make_daemon, mailserverd_command, wait_for
 
 pytestmark = pytest.mark.e2e
 
-DEV_PORTS = (2525, 2587, 2465, 1143, 1993, 1110, 1995)
+DEV_PORTS = (2525, 2587, 2465, 1143, 1993, 1110, 1995, 8443, 8080)
 
 
 def _ports_free() -> bool:
@@ -90,6 +91,13 @@ def test_dev_serves_demo_account_and_reuses_var(tmp_path):
         pop.pass_(password)
         assert pop.stat()[0] == 1
         pop.quit()
+        # The HTTP gateway: autoconfig in clear text on 8080, the API over TLS on 8443.
+        plain = http.client.HTTPConnection("127.0.0.1", 8080, timeout=30)
+        plain.request("GET", f"/mail/config-v1.1.xml?emailaddress={address}")
+        assert b"<port>1993</port>" in plain.getresponse().read()
+        api = http.client.HTTPSConnection("127.0.0.1", 8443, context=insecure, timeout=30)
+        api.request("GET", "/api/v1/openapi.json")
+        assert api.getresponse().status == 200
     finally:
         code = dev.interrupt()
     assert code == 0, "".join(dev.output)

@@ -9,11 +9,10 @@ from __future__ import annotations
 import base64
 import imaplib
 import re
-import socket
 
 import pytest
 
-from clients import make_message, smtp_send
+from clients import RawImap, make_message, smtp_send
 
 ALICE = "alice@example.test"
 
@@ -26,43 +25,6 @@ def logged_in(daemon, user: str = ALICE) -> imaplib.IMAP4_SSL:
     client = imaps(daemon)
     client.login(user, daemon.users[user])
     return client
-
-
-class RawImap:
-    """A line-level IMAP client over implicit TLS, for what imaplib cannot say."""
-
-    def __init__(self, daemon):
-        raw = socket.create_connection(("127.0.0.1", daemon.ports["imaps"]), timeout=30)
-        self.sock = daemon.ssl_context().wrap_socket(raw, server_hostname="localhost")
-        self.buffer = b""
-        assert self.read_line().startswith(b"* OK ")
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def read_line(self) -> bytes:
-        while b"\r\n" not in self.buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"closed; buffered {self.buffer!r}")
-            self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\r\n", 1)
-        return line
-
-    def until_tagged(self, tag: bytes) -> list[bytes]:
-        """Lines up to and including the tagged reply of ``tag``."""
-        lines = []
-        while True:
-            lines.append(self.read_line())
-            if lines[-1].startswith(tag + b" "):
-                return lines
-
-    def login(self, daemon, user: str = ALICE) -> None:
-        self.send(b'L LOGIN %s "%s"\r\n' % (user.encode(), daemon.users[user].encode()))
-        assert self.until_tagged(b"L")[-1].startswith(b"L OK")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def fetch_all(client: imaplib.IMAP4, mailbox: str = "INBOX") -> list[tuple[bytes, bytes]]:
@@ -103,7 +65,7 @@ def test_append_to_a_missing_mailbox(daemon):
 def test_multiappend_and_appendlimit(daemon):
     raw = RawImap(daemon)
     try:
-        raw.login(daemon)
+        raw.login()
         first, second = make_message("one"), make_message("two")
         raw.send(b"a APPEND INBOX (\\Seen) {%d+}\r\n%s {%d}\r\n" % (len(first), first, len(second)))
         assert raw.read_line() == b"+ Ready for literal data"
@@ -177,7 +139,7 @@ def test_id_and_enable(daemon):
 def test_idle_sees_delivered_mail(daemon):
     raw = RawImap(daemon)
     try:
-        raw.login(daemon)
+        raw.login()
         raw.send(b"s SELECT INBOX\r\n")
         assert raw.until_tagged(b"s")[-1].startswith(b"s OK")
         raw.send(b"i IDLE\r\n")
@@ -185,6 +147,7 @@ def test_idle_sees_delivered_mail(daemon):
         smtp_send(daemon, make_message("while idling"))
         # The daemon looks every second; the socket's 30 s timeout is the deadline.
         assert raw.read_line() == b"* 1 EXISTS"
+        assert raw.read_line() == b"* 1 RECENT"  # RFC 3501 §7.3.2: the idler is told first
         raw.send(b"DONE\r\n")
         assert raw.until_tagged(b"i") == [b"i OK IDLE terminated"]
     finally:
@@ -194,7 +157,7 @@ def test_idle_sees_delivered_mail(daemon):
 def test_idle_ends_on_anything_but_done(daemon):
     raw = RawImap(daemon)
     try:
-        raw.login(daemon)
+        raw.login()
         raw.send(b"i IDLE\r\n")
         assert raw.read_line() == b"+ idling"
         raw.send(b"x NOOP\r\n")

@@ -88,7 +88,7 @@ def test_status_items(daemon):
     try:
         typ, data = client.status("INBOX", "(MESSAGES RECENT UIDNEXT UNSEEN DELETED SIZE APPENDLIMIT)")
         assert typ == "OK"
-        assert data[0].startswith(b'"INBOX" (MESSAGES 1 RECENT 0 UIDNEXT 2 UNSEEN 1 DELETED 0 SIZE ')
+        assert data[0].startswith(b'"INBOX" (MESSAGES 1 RECENT 1 UIDNEXT 2 UNSEEN 1 DELETED 0 SIZE ')
         size = int(data[0].split(b"SIZE ")[1].split()[0])
         assert size > len(message)  # the stored copy has trace headers added
         typ, data = client.status("INBOX", "(UIDVALIDITY HIGHESTMODSEQ)")

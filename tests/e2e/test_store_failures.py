@@ -16,7 +16,7 @@ import lmdb
 import pytest
 
 from clients import imap_fetch_all, make_message, stored_tail
-from conftest import IN_CI, REPO, make_daemon, mailserverd_command
+from conftest import REPO, make_daemon, mailserverd_command, tmpfs
 
 pytestmark = pytest.mark.e2e
 
@@ -91,17 +91,8 @@ def test_full_map_gives_temporary_error_and_keeps_serving(tmp_path):
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 12 MiB tmpfs mounted for the test (needs root); unmounted afterwards."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m,mode=0700", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        message = f"cannot mount a tmpfs (needs root): {result.stderr.strip()}"
-        if IN_CI and os.geteuid() == 0:
-            pytest.fail(message)
-        pytest.skip(message)
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    with tmpfs(tmp_path / "small", "size=12m,mode=0700") as mount_point:
+        yield mount_point
 
 
 def test_full_disk_gives_temporary_error_and_keeps_serving(tmp_path, small_tmpfs):

@@ -85,7 +85,8 @@ class FakeMailStore:
         keywords = sorted({flag for m in messages for flag in m.flags if not flag.startswith("\\")})
         return MailboxInfo(box["id"], box["name"], box["uidvalidity"], box["uidnext"], 1,
                            len(messages), sum("\\Seen" not in m.flags for m in messages),
-                           sum(m.size for m in messages), True, None, tuple(keywords))
+                           sum(m.size for m in messages), True, None, tuple(keywords),
+                           first_recent_uid=box["uidnext"])  # nothing recent: no claim to fake
 
     def list_messages(self, user: str, mailbox_id: int) -> list[MessageInfo]:
         return list(self._box_by_id(user, mailbox_id)["messages"])
@@ -158,6 +159,9 @@ class RecordingOutput:
 
     def start_tls(self) -> None:
         self.events.append("start_tls")
+
+    def start_compression(self, pending: bytes) -> None:
+        self.events.append("start_compression")
 
     def close(self) -> None:
         self.events.append("close")

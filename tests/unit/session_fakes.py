@@ -31,7 +31,7 @@ class FakeAuthenticator:
         self.held: list[Deferred] = []
         self.error: Exception | None = None
 
-    def authenticate(self, address, password, client_ip, *, mechanism="LOGIN"):
+    def authenticate(self, address, password, client_ip, *, mechanism="LOGIN", protocol=""):
         self.calls.append((address, password, client_ip, mechanism))
         if self.error is not None:
             result = fail(self.error)
@@ -54,7 +54,7 @@ class FakeAuthenticator:
     def login_key(self, name: str) -> str:
         return name.lower()
 
-    def check_throttle(self, address, client_ip, *, mechanism):
+    def check_throttle(self, address, client_ip, *, mechanism, protocol=""):
         if self.error is not None:
             return fail(self.error)
         return succeed(self.login_key(address))
@@ -68,7 +68,7 @@ class FakeAuthenticator:
     def scram_decoy(self, address):
         return ScramSecrets(SCRAM_SALT, SCRAM_ITERATIONS, b"\1" * 32, b"\2" * 32)
 
-    def record_result(self, address, client_ip, *, succeeded, mechanism):
+    def record_result(self, address, client_ip, *, succeeded, mechanism, protocol=""):
         self.calls.append((address, None, client_ip, mechanism))
         return succeed(self.login_key(address)) if succeeded else fail(AuthFailed("bad"))
 

@@ -20,6 +20,7 @@ from mailserverd.auth.accounts import (
 from mailserverd.auth.passwords import check_password, make_credentials
 from mailserverd.auth.throttle import LoginThrottle
 from mailserverd.limits import Limits
+from mailserverd.metrics import Metrics
 from mailserverd.store.types import User
 
 PASSWORD = "s3cret-Passw0rd"
@@ -53,8 +54,8 @@ def started():
     """Start Authenticators built in a test; stop them (joining their threads) afterwards."""
     running: list[Authenticator] = []
 
-    def start(directory, limits, clock=reactor) -> Authenticator:
-        authenticator = Authenticator(directory, limits, clock, reactor)
+    def start(directory, limits, clock=reactor, metrics=None) -> Authenticator:
+        authenticator = Authenticator(directory, limits, clock, reactor, metrics=metrics)
         authenticator.start()
         running.append(authenticator)
         return authenticator
@@ -160,6 +161,25 @@ def test_right_password_gives_the_canonical_address(started, monkeypatch):
     assert user == "alice@example.com"
     assert checked_in and all(POOL_NAME in name for name in checked_in)
     assert threading.current_thread() is threading.main_thread()
+
+
+@pytest_twisted.inlineCallbacks
+def test_each_login_is_counted_by_protocol_mechanism_and_result(started):
+    metrics = Metrics()
+    auth = started(InMemoryDirectory(make_user("alice@example.com", PASSWORD)), make_limits(),
+                   metrics=metrics)
+    yield auth.authenticate("alice@example.com", PASSWORD, "192.0.2.1", protocol="imap")
+    for address in ("alice@example.com", "nobody@example.com"):
+        with pytest.raises(AuthFailed):
+            yield auth.authenticate(address, "wrong", "192.0.2.1", mechanism="PLAIN", protocol="smtp")
+
+    def count(protocol, mechanism, result):
+        return metrics.registry.get_sample_value(
+            "mailserverd_logins_total", {"protocol": protocol, "mechanism": mechanism, "result": result})
+
+    assert count("imap", "LOGIN", "ok") == 1
+    assert count("smtp", "PLAIN", "failed") == 2
+    assert count("smtp", "PLAIN", "ok") is None
 
 
 @pytest_twisted.inlineCallbacks

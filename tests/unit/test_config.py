@@ -207,7 +207,7 @@ def test_each_problem_is_reported_naming_table_and_key(data, problem):
 
 @pytest.mark.parametrize("listener, problem", [
     ({"kind": "smpt"}, "[[listener]] #2 kind: must be one of smtp, submission, smtps, "
-                       "imap, imaps, pop3, pop3s, got 'smpt'"),
+                       "imap, imaps, pop3, pop3s, https, http, got 'smpt'"),
     ({"port": 26}, "[[listener]] #2 kind: required"),
     ({"kind": "smtp", "port": 0}, "[[listener]] #2 port: must be between 1 and 65535, got 0"),
     ({"kind": "smtp", "port": "25"}, "[[listener]] #2 port: must be an integer, got string"),
@@ -260,7 +260,7 @@ def test_every_problem_is_reported_at_once():
         "[tls] min_version: must be one of TLSv1.2, TLSv1.3, got 'SSLv3'",
         "[dns] timeout: must be an integer (seconds), got string",
         "[[listener]] #2 kind: must be one of smtp, submission, smtps, imap, imaps, "
-        "pop3, pop3s, got 'bogus'",
+        "pop3, pop3s, https, http, got 'bogus'",
         "[[listener]] #3 port: 0.0.0.0 port 25 is already used by listener #1",
         "[limits] smtp_line_max: must be between 512 and 65536 (bytes), got 5",
         "[limits] pop3_line_max: must be between 255 and 65536 (bytes), got 10",
@@ -345,7 +345,8 @@ def test_dev_config_round_trips(tmp_path, monkeypatch):
             ("smtp", "127.0.0.1", 2525), ("submission", "127.0.0.1", 2587),
             ("smtps", "127.0.0.1", 2465), ("imap", "127.0.0.1", 1143),
             ("imaps", "127.0.0.1", 1993), ("pop3", "127.0.0.1", 1110),
-            ("pop3s", "127.0.0.1", 1995)]
+            ("pop3s", "127.0.0.1", 1995), ("https", "127.0.0.1", 8443),
+            ("http", "127.0.0.1", 8080)]
     assert str(var / "data") in text  # written absolute, not relative
 
 

@@ -19,6 +19,11 @@ def test_docs_build_without_warnings(tmp_path, builder):
          str(DOCS), str(tmp_path / builder)],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+    if builder == "html":  # the metric reference is written from the code
+        from mailserverd.metrics import METRIC_SPECS
+        page = (tmp_path / builder / "monitoring.html").read_text()
+        for spec in METRIC_SPECS:
+            assert spec.exported in page, spec.exported
 
 
 def test_man_pages_hold_the_generated_references(tmp_path):

@@ -313,7 +313,7 @@ def test_parse_messages_with_flags_and_dates():
     b' "31-Feb-2024 00:00:00 +0000" {3}\n',
     b' "1-Foo-2024 00:00:00 +0000" {3}\n',
     b' "01-Jan-1960 00:00:00 +0000" {3}\n',
-    b" ~{3}\n",
+    b" ~ {3}\n",
     b" abc",
     b" {3}\n ",
     b"",
@@ -450,8 +450,9 @@ async def test_append_to_the_selected_mailbox_sends_exists(store):
     h = StoreHarness(store)
     assert h.c(b"s SELECT INBOX\r\n").endswith(b"s OK [READ-WRITE] Select completed\r\n")
     reply = await h.reply(b"a APPEND INBOX {%d+}\r\n%s\r\n" % (len(MESSAGE), MESSAGE), b"a")
-    assert reply.startswith(b"* 1 EXISTS\r\na OK [APPENDUID ")
-    assert h.c(b"f FETCH 1 FLAGS\r\n") == b"* 1 FETCH (FLAGS ())\r\nf OK Fetch completed\r\n"
+    # RFC 3501 §6.3.11: appended messages are \Recent; this session is told first, so it has it.
+    assert reply.startswith(b"* 1 EXISTS\r\n* 1 RECENT\r\na OK [APPENDUID ")
+    assert h.c(b"f FETCH 1 FLAGS\r\n") == b"* 1 FETCH (FLAGS (\\Recent))\r\nf OK Fetch completed\r\n"
 
 
 # ---------------------------------------------------------------- IDLE with the real store
@@ -472,17 +473,17 @@ async def until_output(h: StoreHarness, expected: bytes) -> None:
 async def test_idle_pushes_new_messages_flag_changes_and_expunges(store):
     h = StoreHarness(store)
     await store.append(USER, "INBOX", MESSAGE)
-    h.c(b"s SELECT INBOX\r\n")
+    await h.reply(b"s SELECT INBOX\r\n", b"s")  # claims message 1 as \Recent
     assert h.c(b"a IDLE\r\n") == b"+ idling\r\n"
     h.clock.advance(3)
     assert h.out.take() == b""  # nothing changed: nothing sent
     box_id = h.inbox().mailbox_id
     await store.append(USER, "INBOX", MESSAGE)
-    await until_output(h, b"* 2 EXISTS\r\n")
+    await until_output(h, b"* 2 EXISTS\r\n* 2 RECENT\r\n")
     await store.store_flags(USER, box_id, [1], "+", ["\\Seen"])
-    await until_output(h, b"* 1 FETCH (FLAGS (\\Seen))\r\n")
+    await until_output(h, b"* 1 FETCH (FLAGS (\\Recent \\Seen))\r\n")
     await store.store_flags(USER, box_id, [1], "+", ["\\Deleted"])
-    await until_output(h, b"* 1 FETCH (FLAGS (\\Deleted \\Seen))\r\n")
+    await until_output(h, b"* 1 FETCH (FLAGS (\\Deleted \\Recent \\Seen))\r\n")
     await store.expunge(USER, box_id, [1])
     await until_output(h, b"* 1 EXPUNGE\r\n")
     assert h.c(b"DONE\r\n") == b"a OK IDLE terminated\r\n"
@@ -498,4 +499,5 @@ async def test_idle_reports_changes_made_before_it(store):
     h.c(b"s SELECT INBOX\r\n")
     await store.append(USER, "INBOX", MESSAGE)
     assert h.c(b"a IDLE\r\n") == b"* 1 EXISTS\r\n+ idling\r\n"
+    await until_output(h, b"* 1 RECENT\r\n")  # once the claim of message 1 is written
     assert h.c(b"DONE\r\n") == b"a OK IDLE terminated\r\n"

@@ -12,7 +12,7 @@ from mailserverd.imap.commands.condstore import parse_fetch_modifiers, parse_sel
 from mailserverd.imap.parser import ArgCursor, ParseError
 from mailserverd.limits import MIB, Limits
 
-from imap_real_store import USER, RealStoreClient, open_store
+from imap_real_store import USER, RealStoreClient, open_store, seen_before
 
 
 
@@ -30,6 +30,7 @@ class Client(RealStoreClient):
 
     async def select(self, line: bytes = b"S SELECT INBOX", *extensions: str) -> bytes:
         await self.login(*extensions)
+        await seen_before(self.store)  # what is there now is not \Recent here
         reply = await self.cmd(line)
         assert re.search(rb"(?m)^S OK", reply), reply
         return reply
@@ -60,7 +61,7 @@ async def test_noop_reports_new_and_expunged_messages(store):
     assert await c2.cmd(b"a UID STORE 2 +FLAGS.SILENT (\\Deleted)") == b"a OK Store completed\r\n"
     assert (await c2.cmd(b"b EXPUNGE")).startswith(b"* 2 EXPUNGE\r\n")
     await fill(store, 2)
-    assert await c1.cmd(b"n NOOP") == b"* 2 EXPUNGE\r\n* 4 EXISTS\r\nn OK NOOP completed\r\n"
+    assert await c1.cmd(b"n NOOP") == b"* 2 EXPUNGE\r\n* 4 EXISTS\r\n* 2 RECENT\r\nn OK NOOP completed\r\n"
     assert c1.session.selected.uids == [1, 3, 4, 5]
     assert await c1.cmd(b"m NOOP") == b"m OK NOOP completed\r\n"
 
@@ -123,7 +124,9 @@ async def test_expunges_wait_while_sequence_numbers_are_in_use(store):
     await fill(store, 1)
     # RFC 3501 §7.4.1: during a command using sequence numbers, no EXPUNGE.
     c1.session.report_mailbox_changes(expunges_allowed=False)
-    assert c1.out.take() == b"* 4 EXISTS\r\n"
+    # RECENT follows once the claim of message 4 is written (no command waits for it here).
+    assert await c1.wait_for(lambda data: data == b"* 4 EXISTS\r\n* 1 RECENT\r\n")
+    c1.out.take()
     assert c1.session.selected.uids == [1, 2, 3, 4]
     assert await c1.cmd(b"f FETCH 1 UID") == (
         b"f NO [EXPUNGEISSUED] Some of the requested messages no longer exist\r\n")

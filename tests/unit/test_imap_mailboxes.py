@@ -261,7 +261,7 @@ async def test_status_items(store):
     lines = await client.c(b"a STATUS inbox (MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN SIZE "
                            b"HIGHESTMODSEQ APPENDLIMIT DELETED messages)")
     assert lines == [
-        b'* STATUS "INBOX" (MESSAGES 2 RECENT 0 UIDNEXT 3 UIDVALIDITY %d UNSEEN 1 SIZE %d '
+        b'* STATUS "INBOX" (MESSAGES 2 RECENT 2 UIDNEXT 3 UIDVALIDITY %d UNSEEN 1 SIZE %d '
         b'HIGHESTMODSEQ %d APPENDLIMIT %d DELETED 0)'
         % (info.uidvalidity, 2 * len(RAW), info.highestmodseq, Limits().message_size_max),
         b"a OK STATUS completed",

@@ -14,7 +14,7 @@ from mailserverd.imap.commands.store import parse_store
 from mailserverd.imap.parser import ArgCursor, ParseError
 from mailserverd.limits import MIB, Limits
 
-from imap_real_store import USER, RealStoreClient, open_store
+from imap_real_store import USER, RealStoreClient, open_store, seen_before
 
 LIMITS = Limits(store_map_size=32 * MIB)
 
@@ -33,6 +33,7 @@ class Client(RealStoreClient):
 
     async def select(self, name: bytes = b"INBOX", verb: bytes = b"SELECT") -> bytes:
         await self.login()
+        await seen_before(self.store)  # what is there now is not \Recent here
         reply = await self.cmd(b"S " + verb + b" " + name)
         assert b"S OK" in reply, reply
         return reply
@@ -158,10 +159,11 @@ async def test_unchangedsince_modifies_and_reports_modseq(store):
     await store.store_flags(USER, box.mailbox_id, [2], "+", ["$Other"])
     reply = await c.cmd(b"a STORE 1:3 (UNCHANGEDSINCE %d) +FLAGS.SILENT (\\Deleted)" % max(before.values()))
     after = {m.uid: m for m in store.list_messages(USER, box.mailbox_id)}
+    # A QRESYNC server sends UID too once CONDSTORE is on (RFC 7162 §3.2.4).
     assert lines(reply) == [
-        b"* 1 FETCH (MODSEQ (%d))" % after[1].modseq,
-        b"* 2 FETCH (MODSEQ (%d) FLAGS ($Other))" % after[2].modseq,
-        b"* 3 FETCH (MODSEQ (%d))" % after[3].modseq,
+        b"* 1 FETCH (UID 1 MODSEQ (%d))" % after[1].modseq,
+        b"* 2 FETCH (UID 2 MODSEQ (%d) FLAGS ($Other))" % after[2].modseq,
+        b"* 3 FETCH (UID 3 MODSEQ (%d))" % after[3].modseq,
         b"a OK [MODIFIED 2] Conditional STORE failed",
     ]
     assert "\\Deleted" not in after[2].flags and "\\Deleted" in after[3].flags
@@ -259,6 +261,7 @@ async def test_move_into_the_selected_mailbox(store):
         b"* OK [COPYUID %d 1 2] Moved" % inbox.uidvalidity,
         b"* 1 EXPUNGE",
         b"* 1 EXISTS",
+        b"* 1 RECENT",  # this session is the first told of the moved message
         b"a OK Move completed",
     ]
     assert c.session.selected.uids == [2]
@@ -310,7 +313,8 @@ async def test_expunge_also_reports_other_sessions_changes(store):
     box = store.get_mailbox(USER, "INBOX")
     await store.expunge(USER, box.mailbox_id, [1])  # another session
     await store.append(USER, "INBOX", message(9))
-    assert await c.cmd(b"a UID EXPUNGE 3") == b"* 3 EXPUNGE\r\n* 1 EXPUNGE\r\n* 2 EXISTS\r\na OK Expunge completed\r\n"
+    assert await c.cmd(b"a UID EXPUNGE 3") == (
+        b"* 3 EXPUNGE\r\n* 1 EXPUNGE\r\n* 2 EXISTS\r\n* 1 RECENT\r\na OK Expunge completed\r\n")
 
 
 @pytest_twisted.ensureDeferred
@@ -338,7 +342,7 @@ async def test_unselect_keeps_deleted_messages(store):
 async def test_check_reports_changes(store):
     c = await selected(store, 1)
     await store.append(USER, "INBOX", message(2))
-    assert await c.cmd(b"a CHECK") == b"* 2 EXISTS\r\na OK Check completed\r\n"
+    assert await c.cmd(b"a CHECK") == b"* 2 EXISTS\r\n* 1 RECENT\r\na OK Check completed\r\n"
 
 
 # ---------------------------------------------------------------- parser properties

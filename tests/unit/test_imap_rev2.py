@@ -281,7 +281,6 @@ async def test_8bit_headers_need_utf8_accept_or_rev2(store):
 
 
 @pytest.mark.parametrize("tail", [
-    b"~{4+}\r\nSubj",                 # a bare literal8: BINARY APPEND is not offered
     b"UTF8 ~{4+}\r\nSubj",            # no parentheses
     b"UTF8 ({4+}\r\nSubj)",           # a literal, not a literal8
     b"UTF8 (~{4+}\r\nSubj",           # not closed

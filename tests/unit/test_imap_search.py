@@ -84,8 +84,8 @@ def test_parse_builds_the_tree():
 
 @pytest.mark.parametrize("text, node", [
     (b"ALL", search.All()),
-    (b"OLD", search.All()),
-    (b"NEW", search.Recent()),
+    (b"OLD", search.Not(search.Recent())),
+    (b"NEW", search.And((search.Recent(), search.Not(search.Flag("\\Seen"))))),
     (b"UNDRAFT", search.Not(search.Flag("\\Draft"))),
     (b"KEYWORD $Junk", search.Flag("$Junk")),
     (b"UNKEYWORD foo", search.Not(search.Flag("foo"))),

@@ -36,7 +36,7 @@ class HeldDelivery:
     def check_recipient(self, address, remote_allowed=False, size=0):
         return [address] if address.endswith("@example.org") else []
 
-    def deliver(self, sender, recipients, users, raw, client):
+    def deliver(self, sender, recipients, users, raw, client, envelope=None):
         self.raw.append(raw)
         result = DeliveryResult(f"Q{len(self.raw)}", tuple(users), len(raw))
         if self.immediate:

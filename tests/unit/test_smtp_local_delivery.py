@@ -13,6 +13,7 @@ from twisted.logger import globalLogPublisher
 from mailserverd.delivery.local import ClientInfo, LocalDelivery
 from mailserverd.errors import MailError
 from mailserverd.limits import MIB, Limits
+from mailserverd.metrics import Metrics
 from mailserverd.smtp.session import ListenerPolicy, Peer, Send, SMTPSession, Wait
 from mailserverd.store.lmdbstore import LMDBStore
 from mailserverd.store.types import Credentials, ScramSecrets
@@ -42,14 +43,25 @@ def inbox(store, user) -> list[bytes]:
     return [store.read_message(user, m.blob_id) for m in store.list_messages(user, box.mailbox_id)]
 
 
+def counted(metrics: Metrics, name: str, **labels: str) -> float:
+    """A counter's value in ``metrics`` (0 for a series never counted)."""
+    return metrics.registry.get_sample_value(name, labels) or 0
+
+
 def test_check_recipient(store):
-    delivery = LocalDelivery(store, HOST, Clock())
+    metrics = Metrics()
+    delivery = LocalDelivery(store, HOST, Clock(), metrics=metrics)
     assert delivery.check_recipient("Alice@Example.ORG") == ["alice@example.org"]
     assert delivery.check_recipient("team@example.org") == ["alice@example.org", "bob@example.org"]
     assert delivery.check_recipient("nobody@example.org") == []
     with pytest.raises(MailError) as refused:
         delivery.check_recipient("victim@elsewhere.example")
     assert (refused.value.code, refused.value.enhanced) == ("550", "5.7.1")
+    with pytest.raises(MailError):
+        delivery.check_recipient("tiny@example.org", size=100)
+    rejected = {reason: counted(metrics, "mailserverd_recipients_rejected_total", reason=reason)
+                for reason in ("unknown_user", "relay_denied", "mailbox_full", "error")}
+    assert rejected == {"unknown_user": 1, "relay_denied": 1, "mailbox_full": 1, "error": 0}
 
 
 def test_received_header():
@@ -69,8 +81,9 @@ def test_received_header():
 async def test_deliver_stores_message_with_received_and_logs_one_line(store):
     events = []
     globalLogPublisher.addObserver(events.append)
+    metrics = Metrics()
     try:
-        delivery = LocalDelivery(store, HOST, Clock())
+        delivery = LocalDelivery(store, HOST, Clock(), metrics=metrics)
         result = await delivery.deliver("s@example.net", ["team@example.org"],
                                         ["alice@example.org", "bob@example.org"],
                                         b"Subject: hi\r\n\r\nbody\r\n", CLIENT)
@@ -87,11 +100,14 @@ async def test_deliver_stores_message_with_received_and_logs_one_line(store):
     lines = [e for e in events if e.get("log_format", "").startswith("delivery ")]
     assert len(lines) == 1
     assert (lines[0]["queue_id"], lines[0]["result"], lines[0]["sender"]) == (result.queue_id, "ok", "s@example.net")
+    assert counted(metrics, "mailserverd_messages_received_total", origin="mx") == 1
+    assert counted(metrics, "mailserverd_messages_delivered_total") == 2
 
 
 @pytest_twisted.ensureDeferred
 async def test_over_quota_for_all_is_452_and_mixed_is_451(store):
-    delivery = LocalDelivery(store, HOST, Clock())
+    metrics = Metrics()
+    delivery = LocalDelivery(store, HOST, Clock(), metrics=metrics)
     with pytest.raises(MailError) as full:
         await delivery.deliver("", ["tiny@example.org"], ["tiny@example.org"], b"x" * 1000 + b"\r\n", CLIENT)
     assert (full.value.code, full.value.enhanced) == ("452", "4.2.2")
@@ -99,6 +115,10 @@ async def test_over_quota_for_all_is_452_and_mixed_is_451(store):
         await delivery.deliver("", ["tiny@example.org", "alice@example.org"],
                                ["tiny@example.org", "alice@example.org"], b"y" * 1000 + b"\r\n", CLIENT)
     assert (mixed.value.code, mixed.value.enhanced) == ("451", "4.3.0")
+    for reason in ("mailbox_full", "error"):
+        assert counted(metrics, "mailserverd_messages_rejected_total", reason=reason) == 1
+    assert counted(metrics, "mailserverd_messages_received_total", origin="mx") == 0
+    assert counted(metrics, "mailserverd_messages_delivered_total") == 1  # alice's copy
 
 
 @pytest_twisted.ensureDeferred

@@ -64,7 +64,7 @@ class FakeDelivery:
     def sender_allowed(self, user, sender):
         return sender in ("", user)
 
-    def deliver(self, sender, recipients, users, raw, client):
+    def deliver(self, sender, recipients, users, raw, client, envelope=None):
         self.delivered.append((sender, recipients, users, raw, client))
         if self.failure is not None:
             return fail(self.failure)

@@ -120,6 +120,22 @@ async def test_no_caller_hears_of_its_write_before_the_commit(make_store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_each_commit_reports_its_batch_size_and_duration(make_store):
+    store = await make_store()
+    writer = store.shard_writers[0]
+    observed: list[tuple[int, float]] = []
+    writer.observe_batch = lambda count, elapsed: observed.append((count, elapsed))
+    gate = WriterGate(writer)
+    await until(gate.entered.is_set)  # the gate alone in its batch; later writes queue up
+    deferreds = [store.append(USER, "INBOX", message(n)) for n in range(50)]
+    await gate.open_when_queued(50)
+    await settle(deferreds)
+    await until(lambda: len(observed) == 2)  # reported after the callers were answered
+    assert [count for count, _ in observed] == [1, 50]
+    assert all(elapsed > 0 for _, elapsed in observed)
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_op_failing_in_a_batch_leaves_the_others_committed(make_store):
     store = await make_store()
     await store.set_quota(USER, 1000)

@@ -84,6 +84,7 @@ def _table() -> dict[str, CommandSpec]:
     from mailserverd.imap.commands import search
     from mailserverd.imap.commands import append, authenticate, enable, id as id_cmd, idle
     from mailserverd.imap.commands import quota, sort, thread
+    from mailserverd.imap.commands import compress
 
     specs = (
         CommandSpec("CAPABILITY", capability.run, ANY),
@@ -137,6 +138,8 @@ def _table() -> dict[str, CommandSpec]:
         CommandSpec("GETQUOTA", quota.run_getquota, AUTHENTICATED),
         CommandSpec("GETQUOTAROOT", quota.run_getquotaroot, AUTHENTICATED),
         CommandSpec("SETQUOTA", quota.run_setquota, AUTHENTICATED),
+        # RFC 4978 §5: command-auth, so authenticated or selected.
+        CommandSpec("COMPRESS", compress.run, AUTHENTICATED),
     )
     return {spec.name: spec for spec in specs}
 

@@ -1,5 +1,5 @@
 """APPEND (RFC 3501 §6.3.11, RFC 9051 §6.3.12) with MULTIAPPEND (RFC 3502),
-APPENDUID (RFC 4315 §3) and APPENDLIMIT (RFC 7889).
+APPENDUID (RFC 4315 §3), APPENDLIMIT (RFC 7889) and BINARY's literal8 (RFC 3516 §4.4).
 
 The message literals are framed and size-checked by the session's literal
 policy before their bytes are read (a literal over ``message_size_max`` is
@@ -7,6 +7,13 @@ refused with ``NO [TOOBIG]`` and never sent); this module parses the
 arguments and stores the messages. Several messages in one command are stored
 all or nothing (RFC 3502 §3): the store has one transaction per message, so
 if any append fails the ones that succeeded are expunged again before the NO.
+
+A message may be sent as a literal8 (``~{n}``, ``~{n+}``; RFC 3516 §4.4,
+RFC 4466 §2.1 append-data, in any message of a MULTIAPPEND). Its NUL octets
+are kept by re-encoding the parts that hold them in base64
+(:mod:`mailserverd.mail.binary_parts`); a NUL that cannot be kept is
+``NO [UNKNOWN-CTE]``. A plain literal holding a NUL is BAD (RFC 3501 §9:
+CHAR8 excludes it).
 """
 
 from __future__ import annotations
@@ -14,17 +21,19 @@ from __future__ import annotations
 import calendar
 import datetime
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from mailserverd.imap import responses
 from mailserverd.imap.commands.copy import number_set
+from mailserverd.imap.commands.fetch_items import UNKNOWN_CTE
 from mailserverd.imap.commands.imap4rev2 import has_8bit_header, utf8_headers_allowed
 from mailserverd.imap.commands.mailbox_names import read_mailbox_name
 from mailserverd.imap.parser import ArgCursor, ParseError
 from mailserverd.imap.responses import Completion
+from mailserverd.mail.binary_parts import BinaryContentRefused, storable_message
 from mailserverd.store.errors import NotFound, StoreError
 
 log = Logger(namespace="mailserverd.imap")
@@ -42,6 +51,8 @@ TRYCREATE = responses.mail_error("NO", "TRYCREATE", "Mailbox doesn't exist")
 #: RFC 6855 §4: UTF-8 header fields from a client that has not enabled UTF8=ACCEPT.
 UTF8_HEADERS_REFUSED = responses.mail_error(
     "NO", responses.CANNOT, "8-bit header fields need ENABLE UTF8=ACCEPT")
+#: RFC 3516 §4.4: binary content the mailbox cannot store (a NUL in a header...).
+BINARY_REFUSED = responses.mail_error("NO", UNKNOWN_CTE, "Binary content not storable here")
 
 _MONTHS = {name: number for number, name in enumerate(
     (b"JAN", b"FEB", b"MAR", b"APR", b"MAY", b"JUN",
@@ -61,11 +72,13 @@ def appendlimit_capability(limits) -> str:
 
 @dataclass(frozen=True)
 class AppendMessage:
-    """One message of an APPEND: its bytes, flags and INTERNALDATE (unix seconds or None)."""
+    """One message of an APPEND: its bytes, flags and INTERNALDATE (unix seconds or
+    None); ``literal8`` when it was sent as one (it may hold NULs)."""
 
     raw: bytes
     flags: tuple[str, ...]
     internaldate: int | None
+    literal8: bool = False
 
 
 def run(session, command) -> Deferred:
@@ -77,7 +90,8 @@ def run(session, command) -> Deferred:
     syntax or flags, MailError ``NO [TRYCREATE]`` for a missing mailbox,
     ``NO [TOOBIG]`` for a message over ``message_size_max``, ``NO [CANNOT]``
     for 8-bit header fields unless the client enabled UTF8=ACCEPT or
-    IMAP4rev2 (RFC 6855 §4, RFC 9051 §6.3.12); store errors (quota,
+    IMAP4rev2 (RFC 6855 §4, RFC 9051 §6.3.12), ``NO [UNKNOWN-CTE]`` for a
+    literal8's NUL that no encoding can keep (RFC 3516 §4.4); store errors (quota,
     temporary) are mapped by the session. Nothing is stored when any message
     fails.
     """
@@ -95,6 +109,7 @@ def run(session, command) -> Deferred:
             raise responses.mail_error("NO", None, "Can't save an empty message")
         if not utf8_headers_allowed(session) and has_8bit_header(message.raw):
             raise UTF8_HEADERS_REFUSED
+    messages = [_storable(message) for message in messages]
     store = session.ctx.store
     try:
         store.get_mailbox(session.user, mailbox)
@@ -105,11 +120,10 @@ def run(session, command) -> Deferred:
 
 def parse_messages(args: ArgCursor) -> list[AppendMessage]:
     """The messages after the mailbox name: each ``SP [flag-list SP] [date-time SP]
-    (literal / "UTF8" SP "(" literal8 ")")`` (RFC 6855 §4 utf8-literal).
+    (literal / literal8 / "UTF8" SP "(" literal8 ")")`` (RFC 4466 §2.1
+    append-data, RFC 3516 §4.4, RFC 6855 §4 utf8-literal).
 
-    Raises ParseError for anything else, including a bare ``~{n}`` literal8
-    (the APPEND side of RFC 3516 BINARY is not offered; RFC 9051 took only
-    its FETCH side, Appendix E item 2).
+    Raises ParseError for anything else, and for a NUL in a plain literal.
     """
     messages = []
     while True:
@@ -122,22 +136,38 @@ def parse_messages(args: ArgCursor) -> list[AppendMessage]:
         if args.peek() == 0x22:  # DQUOTE
             internaldate = parse_date_time(args.quoted())
             args.expect_sp()
-        messages.append(AppendMessage(_read_message_data(args), flags, internaldate))
+        data, literal8 = _read_message_data(args)
+        messages.append(AppendMessage(data, flags, internaldate, literal8))
         if args.at_end():
             return messages
 
 
-def _read_message_data(args: ArgCursor) -> bytes:
-    """``literal / "UTF8" SP "(" literal8 ")"``: the message's bytes (RFC 6855 §4)."""
+def _read_message_data(args: ArgCursor) -> tuple[bytes, bool]:
+    """``literal / literal8 / "UTF8" SP "(" literal8 ")"``: the message's bytes
+    and whether they came in a literal8 (RFC 3516 §4.4, RFC 6855 §4)."""
     if args.peek() == 0x7B:  # "{"
-        return args.literal()
+        return args.literal(), False
+    if args.peek() == 0x7E:  # "~"
+        return args.literal8(), True
     if args.peek() in (0x55, 0x75) and args.atom().upper() == b"UTF8":  # "U" / "u"
         args.expect_sp()
         args.expect_byte(b"(", "'(' before the UTF8 literal8")
         data = args.literal8()
         args.expect_byte(b")", "')' after the UTF8 literal8")
-        return data
+        return data, True
     raise ParseError("Expected the message as a literal")
+
+
+def _storable(message: AppendMessage) -> AppendMessage:
+    """The message as it is stored: a literal8's NULs kept in base64 parts
+    (RFC 3516 §4.4); MailError ``NO [UNKNOWN-CTE]`` where they cannot be."""
+    if not message.literal8:
+        return message
+    try:
+        raw = storable_message(message.raw)
+    except BinaryContentRefused:
+        raise BINARY_REFUSED from None
+    return message if raw is message.raw else replace(message, raw=raw)
 
 
 def read_flag(args: ArgCursor) -> str:

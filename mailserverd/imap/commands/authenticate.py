@@ -115,7 +115,7 @@ def run(session, command) -> Deferred:
         raise responses.mail_error("NO", None, "Unsupported authentication mechanism")
     mechanism = sasl.create_mechanism(
         name, session.ctx.authenticator, session.client_ip, session.tls_active,
-        allow_plaintext=session.ctx.config.auth.allow_plaintext)
+        allow_plaintext=session.ctx.config.auth.allow_plaintext, protocol="imap")
     return _ImapExchange(session, mechanism).start(initial)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from mailserverd.imap import responses
 from mailserverd.imap.commands.copy import number_set
 from mailserverd.imap.commands.expunge import extension_enabled
+from mailserverd.imap.commands.recent import flags_of
 from mailserverd.imap.parser import ArgCursor, ParseError, SequenceSet
 
 _DIGITS = re.compile(rb"[0-9]+")
@@ -238,7 +239,7 @@ def unsolicited_fetch(session, seq: int, info) -> bytes:
     items = []
     if condstore or extension_enabled(session, "IMAP4REV2"):
         items.append(b"UID %d" % info.uid)
-    items.append(b"FLAGS " + format_flags(info.flags))
+    items.append(b"FLAGS " + format_flags(flags_of(session, info)))
     if condstore:
         items.append(b"MODSEQ (%d)" % info.modseq)
     return responses.untagged(b"%d FETCH (" % seq + b" ".join(items) + b")")

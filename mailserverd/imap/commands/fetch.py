@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from mailserverd.imap import responses, wire
 from mailserverd.imap.commands import condstore, fetch_items
 from mailserverd.imap.commands.expunge import extension_enabled
+from mailserverd.imap.commands.recent import flags_of
 from mailserverd.imap.parser import ArgCursor, ParseError
 from mailserverd.imap.responses import Completion
 from mailserverd.mail import sections
@@ -297,7 +298,7 @@ def fetch_response(session, seq: int, info, items: list[FetchItem]) -> bytes:
     for item in items:
         kind = item.kind
         if kind == b"FLAGS":
-            out.append(b"FLAGS " + format_flags(info.flags))
+            out.append(b"FLAGS " + format_flags(flags_of(session, info)))
         elif kind == b"UID":
             out.append(b"UID %d" % info.uid)
         elif kind == b"MODSEQ":

@@ -6,8 +6,9 @@ is decided in one place:
 
 - Net-Unicode mailbox names (RFC 9051 §5.1, RFC 6855 §3): no control
   characters, no line or paragraph separators, NFC.
-- no ``RECENT`` in responses, ``STATUS (RECENT)`` is BAD (RFC 9051
-  Appendix E item 12; §9 has RECENT only as obsolete-recent-response);
+- no ``RECENT`` in responses, no \\Recent, ``STATUS (RECENT)`` and the
+  search keys RECENT, NEW and OLD are BAD (RFC 9051 Appendix E item 12;
+  §9 has RECENT only as obsolete-recent-response);
 - SELECT/EXAMINE: an untagged LIST of the opened mailbox (item 10, §6.3.2),
   no UNSEEN response code (item 11);
 - UTF-8 message headers in APPEND only from clients that said they send them
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from mailserverd.imap import responses
+from mailserverd.imap import responses, search
 from mailserverd.imap.commands.mailbox_names import DELIMITER, encode_name
 from mailserverd.imap.parser import ParseError
 from mailserverd.store.types import HIERARCHY_SEPARATOR, MailboxInfo
@@ -31,6 +32,7 @@ __all__ = [
     "sends_unseen_code",
     "check_net_unicode",
     "reject_obsolete_status_items",
+    "reject_obsolete_search_keys",
     "reject_search_charset",
     "has_8bit_header",
     "selected_list_response",
@@ -95,10 +97,20 @@ def reject_obsolete_status_items(session, items) -> None:
 
     RFC 9051 §9 status-att has no RECENT (Appendix E item 12), so after
     ``ENABLE IMAP4rev2`` it is a syntax error (STATUS and LIST RETURN
-    (STATUS ...)); IMAP4rev1 clients still get ``RECENT 0``.
+    (STATUS ...)); IMAP4rev1 clients still get RECENT.
     """
     if rev2_enabled(session) and "RECENT" in items:
         raise ParseError("STATUS RECENT is not part of IMAP4rev2")
+
+
+def reject_obsolete_search_keys(session, key) -> None:
+    """Raise ParseError (BAD) for RECENT, NEW or OLD in an IMAP4rev2 session's search program.
+
+    RFC 9051 §9 search-key has none of them (Appendix E item 12), as
+    status-att has no RECENT: the same answer as for STATUS (RECENT).
+    """
+    if rev2_enabled(session) and search.uses_recent(key):
+        raise ParseError("SEARCH RECENT, NEW and OLD are not part of IMAP4rev2")
 
 
 def reject_search_charset(session, charset: str | None) -> None:

@@ -30,7 +30,8 @@ def run(session, command) -> Deferred | Completion:
     # Non-UTF-8 bytes become U+FFFD: such a name or password never matches,
     # but the attempt still goes through throttling and the failure delay.
     checking = session.ctx.authenticator.authenticate(
-        userid.decode("utf-8", "replace"), password.decode("utf-8", "replace"), session.client_ip)
+        userid.decode("utf-8", "replace"), password.decode("utf-8", "replace"), session.client_ip,
+        protocol="imap")
 
     def succeeded(user: str) -> Completion:
         session.logged_in(user)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from mailserverd.imap import responses, search, wire
 from mailserverd.imap.commands import condstore
-from mailserverd.imap.commands.imap4rev2 import reject_search_charset
+from mailserverd.imap.commands.imap4rev2 import reject_obsolete_search_keys, reject_search_charset
 from mailserverd.imap.responses import Completion
 from mailserverd.store.errors import StoreError
 
@@ -88,8 +88,10 @@ def run_search(session, mailbox, key) -> list:
 
     The session's sequence map decides which messages exist and their
     numbers (RFC 3501 §7.4.1); one expunged by another session since is left
-    out (RFC 2180 §4.1.3 lets a server do either).
+    out (RFC 2180 §4.1.3 lets a server do either). Raises ParseError for
+    RECENT, NEW or OLD after ENABLE IMAP4rev2.
     """
+    reject_obsolete_search_keys(session, key)
     store = session.ctx.store
     current = {info.uid: info for info in store.list_messages(session.user, mailbox.mailbox_id)}
     messages = [(seq, current[uid]) for seq, uid in enumerate(mailbox.uids, 1) if uid in current]
@@ -99,6 +101,7 @@ def run_search(session, mailbox, key) -> list:
         count=len(mailbox.uids),
         max_uid=mailbox.uids[-1] if mailbox.uids else 0,
         saved_uids=frozenset(saved_uids(mailbox)),
+        recent_uids=mailbox.recent,
     )
     return search.search_messages(key, messages, scope)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from mailserverd.imap import responses
-from mailserverd.imap.commands import condstore, imap4rev2
+from twisted.internet.defer import Deferred
+
+from mailserverd.imap.commands import condstore, imap4rev2, recent
 from mailserverd.imap.commands.mailbox_names import read_mailbox_name_as_sent
 from mailserverd.imap.objectid import mailbox_objectid
 from mailserverd.imap.commands.expunge import extension_enabled
@@ -15,7 +17,7 @@ from mailserverd.imap import session as imap_session
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
-def run_select(session, command) -> Completion:
+def run_select(session, command) -> Completion | Deferred:
     """SELECT: open a mailbox read-write."""
     return _open(session, command, readonly=False)
 
@@ -29,7 +31,7 @@ def _flag_list(flags) -> bytes:
     return b"(" + " ".join(flags).encode("ascii", "replace") + b")"
 
 
-def _open(session, command, readonly: bool) -> Completion:
+def _open(session, command, readonly: bool) -> Completion | Deferred:
     """``SELECT|EXAMINE SP mailbox [select-params]``: send the mailbox's state, enter selected.
 
     Any selected mailbox is closed first, with ``* OK [CLOSED]`` (RFC 7162
@@ -39,9 +41,8 @@ def _open(session, command, readonly: bool) -> Completion:
     QRESYNC`` (RFC 7162 §3.2.5). The CONDSTORE parameter enables CONDSTORE
     (§3.1.8); once it is on, ``OK [HIGHESTMODSEQ n]`` is sent (§3.1.2.1);
     QRESYNC then reports what changed since the client's mod-sequence.
-
-    \\Recent is not tracked yet: RECENT is always 0, which RFC 3501 allows
-    for a server that does not give \\Recent to any session.
+    SELECT claims the mailbox's new messages as \\Recent for this session
+    (commands/recent.py) and waits for that write; EXAMINE does not.
     """
     args = command.args
     args.expect_sp()
@@ -54,11 +55,21 @@ def _open(session, command, readonly: bool) -> Completion:
         session.send(responses.untagged_status("OK", "Previous mailbox closed", "CLOSED"))
     if params.condstore or params.qresync is not None:
         condstore.enable_condstore(session)
+    info = session.ctx.store.get_mailbox(session.user, name)
+    claimed = recent.claim_for_select(session, info, readonly)
+    if isinstance(claimed, Deferred):  # read again after the claim: its messages are all there
+        return claimed.addCallback(lambda uids: _enter(
+            session, session.ctx.store.get_mailbox_by_id(session.user, info.mailbox_id), uids,
+            supplied, params, readonly))
+    return _enter(session, info, claimed, supplied, params, readonly)
+
+
+def _enter(session, info, recent_uids: range, supplied, params, readonly: bool) -> Completion:
+    """Send the state of the mailbox ``info`` (read just now) and enter the selected state."""
     store = session.ctx.store
     # The counters are read before the messages: a change between the two
     # reads is then reported again later, never lost. Only the UIDs are read
     # (from the keys): SELECT of a 100,000-message mailbox decodes no message.
-    info = store.get_mailbox(session.user, name)
     uids = store.list_uids(session.user, info.mailbox_id)
     uidnext = max(info.uidnext, uids[-1] + 1 if uids else 0)
     mailbox = imap_session.SelectedMailbox(
@@ -70,6 +81,7 @@ def _open(session, command, readonly: bool) -> Completion:
         uids=uids,
         highestmodseq=info.highestmodseq,
     )
+    mailbox.recent.add(recent_uids)
     _send_state(session, info, mailbox, readonly)
     listing = imap4rev2.selected_list_response(session, info, supplied)  # RFC 9051 §6.3.2
     if listing:
@@ -95,8 +107,8 @@ def _send_state(session, info, mailbox, readonly: bool) -> None:
     first_unseen = mailbox.seq_of(unseen_uid) if unseen_uid is not None else None
     session.send(responses.untagged(b"FLAGS " + _flag_list(list(SYSTEM_FLAGS) + keywords)))
     session.send(responses.untagged(b"%d EXISTS" % len(mailbox.uids)))
-    if imap4rev2.sends_recent(session):  # RFC 9051 Appendix E item 12
-        session.send(responses.untagged(b"0 RECENT"))
+    if recent.tracks_recent(session):  # RFC 9051 Appendix E item 12
+        session.send(recent.recent_response(mailbox))
     if first_unseen is not None and imap4rev2.sends_unseen_code(session):  # item 11
         session.send(responses.untagged_status("OK", f"Message {first_unseen} is the first unseen",
                                                f"UNSEEN {first_unseen}"))

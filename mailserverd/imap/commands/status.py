@@ -4,7 +4,8 @@ Items: MESSAGES, RECENT, UIDNEXT, UIDVALIDITY, UNSEEN (RFC 3501), DELETED
 and SIZE (RFC 9051 §6.3.11; SIZE is also RFC 8438 STATUS=SIZE),
 HIGHESTMODSEQ (RFC 7162 §3.1.6), APPENDLIMIT (RFC 7889 §4). Every value but
 DELETED comes from the store's mailbox counters, so STATUS never scans a
-mailbox unless DELETED is asked for.
+mailbox unless DELETED is asked for (RECENT reads the keys of the
+unclaimed messages only).
 """
 
 from __future__ import annotations
@@ -37,11 +38,24 @@ def _deleted_storage(session, info: MailboxInfo) -> int:
     return sum(message.size for message in messages if "\\Deleted" in message.flags) // 1024
 
 
+def _recent_count(session, info: MailboxInfo) -> int:
+    """RFC 3501 §6.3.10 RECENT, as Dovecot counts it: for the selected mailbox
+    this session's recent messages; for another, those no session has claimed
+    yet (STATUS claims none, RFC 3501 §6.3.10). A key scan of just those."""
+    selected = session.selected
+    if selected is not None and selected.mailbox_id == info.mailbox_id:
+        return selected.recent.count_in(selected.uids)
+    if info.first_recent_uid >= info.uidnext:
+        return 0  # the common case: nothing new since the last SELECT
+    if info.first_recent_uid <= 1:
+        return info.messages  # never selected: every message is new
+    return session.ctx.store.count_messages_from(session.user, info.mailbox_id, info.first_recent_uid)
+
+
 #: Item name -> its value for a mailbox (session, info) -> int, or None for NIL.
 STATUS_ITEMS: dict[str, Callable] = {
     "MESSAGES": lambda session, info: info.messages,
-    # \Recent is not tracked; RFC 3501 §2.3.2 allows a server to give it to no session.
-    "RECENT": lambda session, info: 0,
+    "RECENT": _recent_count,
     "UIDNEXT": lambda session, info: info.uidnext,
     "UIDVALIDITY": lambda session, info: info.uidvalidity,
     "UNSEEN": lambda session, info: info.unseen,

@@ -5,8 +5,9 @@
 
 The flags are written in one store call (one MODSEQ for every message that
 changed). Then one ``* n FETCH`` per message: FLAGS unless ``.SILENT``, UID
-for UID STORE (RFC 3501 §6.4.8) and after ENABLE IMAP4rev2 (RFC 9051
-Appendix E item 21), MODSEQ once CONDSTORE is on (RFC 7162 §3.1.3).
+for UID STORE (RFC 3501 §6.4.8), after ENABLE IMAP4rev2 (RFC 9051
+Appendix E item 21) and once CONDSTORE is on (RFC 7162 §3.2.4), MODSEQ once
+CONDSTORE is on (RFC 7162 §3.1.3).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from mailserverd.imap import responses
 from mailserverd.imap.commands.copy import number_set
 from mailserverd.imap.commands.expunge import extension_enabled, require_writable
 from mailserverd.imap.commands.fetch import format_flags
+from mailserverd.imap.commands.recent import flags_of
 from mailserverd.imap.parser import ParseError
 from mailserverd.imap.responses import Completion
 from mailserverd.store.errors import Expunged
@@ -159,7 +161,8 @@ def _stored(result, session, command, request: StoreRequest, targets) -> Complet
         session.selected.note_flags_shown(info)
     failed = set(result.failed)
     condstore = extension_enabled(session, "CONDSTORE")
-    with_uid = command.uid or extension_enabled(session, "IMAP4REV2")
+    # RFC 7162 §3.2.4: a QRESYNC server sends UID in every FETCH once CONDSTORE is on.
+    with_uid = command.uid or condstore or extension_enabled(session, "IMAP4REV2")
     for seq, uid in targets:
         info = changed.get(uid)
         if info is not None:
@@ -193,7 +196,7 @@ def _send_fetch(session, seq: int, info, with_uid: bool, with_modseq: bool, flag
     if with_modseq:
         items.append(b"MODSEQ (%d)" % info.modseq)  # RFC 7162 §3.1.4.2
     if flags:
-        items.append(b"FLAGS " + format_flags(info.flags))
+        items.append(b"FLAGS " + format_flags(flags_of(session, info)))
     if items:
         session.send(responses.untagged(b"%d FETCH (" % seq + b" ".join(items) + b")"))
         if flags:

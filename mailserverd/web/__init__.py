@@ -1,0 +1,1 @@
+"""HTTP served from the server's one reactor with twisted.web."""
