@@ -38,6 +38,29 @@ def require_shared() -> Path:
     return SHARED
 
 
+@contextlib.contextmanager
+def traversable_by_all(path: Path):
+    """Within the block, every directory from ``path`` up that others may not
+    search gets the search bit for others (o+x: pass through, not list); its
+    mode is restored afterwards.
+
+    For tests that run the program as another user (nobody): it must reach
+    this checkout and its venv, which may sit in a private directory (a clone
+    made in a ``mktemp -d`` directory is 0700).
+    """
+    changed = []
+    for directory in [path, *path.parents]:
+        mode = directory.stat().st_mode & 0o7777
+        if not mode & 0o001:
+            os.chmod(directory, mode | 0o001)
+            changed.append((directory, mode))
+    try:
+        yield
+    finally:
+        for directory, mode in reversed(changed):
+            os.chmod(directory, mode)
+
+
 def require_program(name: str, package: str) -> str:
     """The path of a third-party program; skip without it (fail under CI)."""
     path = shutil.which(name)

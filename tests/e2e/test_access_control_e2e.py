@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from clients import RawImap, imap_fetch_all, make_message, smtp_send
-from conftest import make_daemon
+from conftest import REPO, make_daemon, traversable_by_all
 
 pytestmark = pytest.mark.e2e
 
@@ -257,15 +257,16 @@ def test_store_files_are_private_and_the_cli_needs_them():
                                    sys.executable, "-m", "mailserverd", *args], cwd="/",
                                   capture_output=True, text=True, timeout=120)
 
-        assert as_nobody("--version").returncode == 0  # the program itself runs as nobody
-        config = str(daemon.config_path)
-        os.chmod(config, 0o644)  # even with a readable config, the data dir stops it
-        listed = as_nobody("user", "list", "-c", config)
-        assert listed.returncode != 0 and ALICE not in listed.stdout, listed
-        assert "ermission denied" in listed.stderr or "not writable" in listed.stderr, listed.stderr
-        os.chmod(config, 0o600)  # a private config stops it first
-        listed = as_nobody("user", "list", "-c", config)
-        assert listed.returncode != 0 and ALICE not in listed.stdout, listed
+        with traversable_by_all(REPO):
+            assert as_nobody("--version").returncode == 0  # the program itself runs as nobody
+            config = str(daemon.config_path)
+            os.chmod(config, 0o644)  # even with a readable config, the data dir stops it
+            listed = as_nobody("user", "list", "-c", config)
+            assert listed.returncode != 0 and ALICE not in listed.stdout, listed
+            assert "ermission denied" in listed.stderr or "not writable" in listed.stderr, listed.stderr
+            os.chmod(config, 0o600)  # a private config stops it first
+            listed = as_nobody("user", "list", "-c", config)
+            assert listed.returncode != 0 and ALICE not in listed.stdout, listed
         assert daemon.cli("user", "list").stdout.count(ALICE) == 1  # its owner may
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import imaplib
 import os
 import poplib
+import pwd
 import shutil
 import signal
 import site
@@ -23,7 +24,7 @@ import pytest
 import trustme
 
 from clients import imap_fetch_all, make_message, smtp_send
-from conftest import KINDS, REPO, make_daemon, mailserverd_command, wait_for
+from conftest import KINDS, REPO, make_daemon, mailserverd_command, traversable_by_all, wait_for
 
 
 def with_server_keys(daemon, **values) -> None:
@@ -323,7 +324,8 @@ def interpreter_for(user: str) -> tuple[str, dict[str, str]]:
                           path="/usr/bin") or ""
     for python, env in ((sys.executable, {}), (system, {"PYTHONPATH": paths})):
         try:
-            probed = subprocess.run([python, *probe], user=user, env={**os.environ, **env},
+            probed = subprocess.run([python, *probe], user=user, group=pwd.getpwnam(user).pw_gid,
+                                    extra_groups=[], env={**os.environ, **env},
                                     cwd="/", capture_output=True, timeout=120)
         except OSError:
             continue  # the user may not even execute it
@@ -339,6 +341,11 @@ def proc_status(pid: int) -> dict[str, str]:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the privilege drop is tested when started as root")
 def test_started_as_root_it_drops_to_the_configured_user():
+    with traversable_by_all(REPO):
+        run_as_nobody_and_check_the_drop()
+
+
+def run_as_nobody_and_check_the_drop():
     python, env = interpreter_for("nobody")
     base = Path(tempfile.mkdtemp(prefix="mailserverd-drop-"))
     manager = Manager(base / "notify")
