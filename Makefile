@@ -29,6 +29,10 @@ bench: setup
 	$(BIN)/python bench/smtp_accept.py
 	$(BIN)/python bench/imap_fetch.py
 	$(BIN)/python bench/http_send.py
+	$(BIN)/python bench/imap_append_memory.py
+	$(BIN)/python bench/spam_classify.py
+	$(BIN)/python bench/backup_restore.py
+	$(BIN)/python bench/search.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
