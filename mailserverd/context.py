@@ -44,3 +44,6 @@ class ServerContext:
     #: The outbound queue's store (:class:`~mailserverd.store.queuestore.QueueStore`),
     #: read by the HTTP gateway's status endpoint; None when not opened.
     queue_store: "Any" = None
+    #: The :class:`~mailserverd.search.pool.SearchPool` where IMAP searches run
+    #: against the search index; None (sessions built without a server): they scan.
+    search: "Any" = None

@@ -143,6 +143,8 @@ LIMIT_SPECS: tuple[LimitSpec, ...] = (
     LimitSpec("search_text_max", 4 * MIB, 64 * KIB, 1 * GIB, "bytes",
               "Decoded text of one message above which it is not indexed by grams "
               "(every text search then reads its stored text)."),
+    LimitSpec("search_threads", 2, 1, 64, "count",
+              "Threads that run IMAP SEARCH, SORT and THREAD off the reactor."),
     LimitSpec("search_verify_direct_max", 200, 0, 100000, "count",
               "Messages at or below which a text key reads their stored text "
               "directly instead of narrowing by the index's grams first."),

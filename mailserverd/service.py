@@ -32,9 +32,12 @@ from mailserverd.delivery.local import LocalDelivery
 from mailserverd.delivery.spamtrainer import SpamTrainer
 from mailserverd.errors import ConfigError
 from mailserverd.log import set_level
-from mailserverd.metrics import QUEUE_ENTRIES, STORE_MAP_SIZE, STORE_READERS, STORE_USED, Metrics
+from mailserverd.metrics import (QUEUE_ENTRIES, SEARCH_LAG, STORE_MAP_SIZE, STORE_READERS, STORE_USED,
+                                 Metrics)
 from mailserverd.reload import merge_reload
 from mailserverd.sdnotify import Notifier
+from mailserverd.search.indexer import Indexer
+from mailserverd.search.pool import SearchPool
 from mailserverd.store.lmdbstore import LMDBStore
 from mailserverd.store.queuestore import QueueStore
 from mailserverd.tls import ServerTLS, TLSSettings, TLSSetupError, build_client_context
@@ -175,6 +178,7 @@ class MailServer:
         self.scheduler = None
         self.classifier: SpamClassifier | None = None
         self.trainer: SpamTrainer | None = None
+        self.indexer: Indexer | None = None
         self.ctx: ServerContext | None = None
         self.ports: list = []
         self.connections = ConnectionCounter(config.limits.connections_max,
@@ -263,14 +267,26 @@ class MailServer:
             clock=self.reactor,
             metrics=self.metrics,
             queue_store=self.queue_store,
+            search=SearchPool(self.reactor, config.limits),
         )
         authenticator.start()
         checks.start()
+        self.ctx.search.start()
         self.trainer = SpamTrainer(self.store, config.limits, self.reactor)
         self.trainer.start()
+        self._start_indexer()
         self.scheduler = build_outbound(config, self.reactor, self.queue_store, self.store, delivery)
         self.scheduler.metrics = self.metrics
         delivery.outbound = self.scheduler
+
+    def _start_indexer(self) -> None:
+        """Follow the change logs into the search index, its lag a sampled metric."""
+        store = self.store
+        self.indexer = Indexer(store, self.config.limits, self.reactor)
+        self.metrics.set_source(SEARCH_LAG, lambda: {
+            (str(number),): store.last_seq(number) - store.search_seq(number)
+            for number in range(store.shards)})
+        self.indexer.start()
 
     def _listen_all(self) -> None:
         """Listen on every listener (systemd's sockets, or bound here), accepting paused."""
@@ -359,9 +375,13 @@ class MailServer:
         if self.trainer is not None:
             trainer, self.trainer = self.trainer, None
             yield trainer.stop()
+        if self.indexer is not None:
+            indexer, self.indexer = self.indexer, None
+            yield indexer.stop()
         if self.ctx is not None:
             ctx, self.ctx = self.ctx, None
             ctx.authenticator.stop()
+            ctx.search.stop()
             ctx.delivery.stop()
         if self.queue_store is not None:
             queue_store, self.queue_store = self.queue_store, None

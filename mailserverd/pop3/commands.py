@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from mailserverd.auth.accounts import AuthFailed, AuthThrottled, AuthUnavailable
 from mailserverd.pop3 import replies
 from mailserverd.pop3.authenticate import cmd_auth, offered_mechanisms
-from mailserverd.pop3.dotstuff import stuff_chunks
+from mailserverd.mail.dotstuff import stuff_chunks
 from mailserverd.pop3.maildrop import open_maildrop, reply_for_store_error
 from mailserverd.pop3.replies import Challenge, Reply
 from mailserverd.store.errors import StoreError

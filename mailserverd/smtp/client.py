@@ -31,7 +31,7 @@ from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
-from mailserverd.pop3.dotstuff import stuff_chunks  # RFC 5321 §4.5.2 is RFC 1939 §3's rule
+from mailserverd.mail.dotstuff import stuff_chunks
 from mailserverd.smtp.session import Send, StartTLS  # the server's actions: write, start TLS
 from mailserverd.tls import describe
 

@@ -150,6 +150,13 @@ def test_metrics_after_real_clients(metered):
     assert sum(batched.values()) >= sum(commits.values()) > 0
     assert value(after, "process_open_fds") > 0
 
+    # The delivery is in the change log; the indexer follows it until no shard lags.
+    def indexed():
+        lags = by_label(scrape(port), "mailserverd_search_index_lag", "shard")
+        return lags if lags.keys() == {"0", "1"} and not any(lags.values()) else None
+
+    wait_for(indexed, what="the search index caught up with every shard's change log")
+
 
 def test_metrics_endpoint_serves_only_get_of_metrics(metered):
     port = metered.ports["metrics"]

@@ -63,6 +63,12 @@ class RecentUids:
         self._starts[first:last] = [start]
         self._stops[first:last] = [stop]
 
+    def copy(self) -> "RecentUids":
+        """A copy that later changes to this one do not reach (for another thread)."""
+        copied = RecentUids()
+        copied._starts, copied._stops = list(self._starts), list(self._stops)
+        return copied
+
     def __contains__(self, uid: int) -> bool:
         index = bisect.bisect_right(self._starts, uid) - 1
         return index >= 0 and uid < self._stops[index]

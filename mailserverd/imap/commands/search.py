@@ -18,10 +18,13 @@ and a new SELECT/EXAMINE (a new SelectedMailbox) starts with it empty
 
 from __future__ import annotations
 
+from twisted.internet.defer import maybeDeferred
+
 from mailserverd.imap import responses, search, wire
 from mailserverd.imap.commands import condstore
 from mailserverd.imap.commands.imap4rev2 import reject_obsolete_search_keys, reject_search_charset
 from mailserverd.imap.responses import Completion
+from mailserverd.search.query import search_indexed
 from mailserverd.store.errors import StoreError
 
 #: RFC 9051 §6.4.4 / RFC 5530: the NO answer to an unsupported CHARSET.
@@ -41,12 +44,13 @@ def _save(mailbox, uids) -> None:
     mailbox.saved_search_uids = tuple(uids)
 
 
-def run(session, command) -> Completion:
+def run(session, command):
     """``[UID] SEARCH [RETURN (opts)] [CHARSET c] keys``: one SEARCH or ESEARCH response.
 
-    Raises ParseError (BAD; ``$`` unchanged), MailError ``NO [BADCHARSET
-    (US-ASCII UTF-8)]`` for another charset, or a store error; a NO of a
-    command with SAVE empties ``$`` (RFC 9051 §6.4.4.1).
+    Returns a Deferred (the search runs off the reactor, see :func:`run_search`).
+    Raises or fails with ParseError (BAD; ``$`` unchanged), MailError ``NO
+    [BADCHARSET (US-ASCII UTF-8)]`` for another charset, or a store error; a
+    NO of a command with SAVE empties ``$`` (RFC 9051 §6.4.4.1).
     """
     args = command.args
     args.expect_sp()
@@ -58,51 +62,80 @@ def run(session, command) -> Completion:
             _save(mailbox, ())
         raise responses.mail_error("NO", BADCHARSET, "Unsupported charset") from None
     reject_search_charset(session, request.charset)  # RFC 6855 §3
-    options = request.options
-    saving = options is not None and "SAVE" in options
-    try:
-        found = run_search(session, mailbox, request.key)
-    except StoreError:
-        if saving:
-            _save(mailbox, ())
-        raise
+    saving = request.options is not None and "SAVE" in request.options
+    searched = run_search(session, mailbox, request.key)
+    if saving:
+        searched.addErrback(_forget_saved, mailbox)
+    return searched.addCallback(lambda found: _answer(session, command, mailbox, request, found))
+
+
+def _forget_saved(failure, mailbox):
+    failure.trap(StoreError)
+    _save(mailbox, ())
+    return failure
+
+
+def _answer(session, command, mailbox, request, found) -> Completion:
+    """Send the SEARCH or ESEARCH response for ``found`` and keep ``$`` if asked."""
     numbers = [info.uid if command.uid else seq for seq, info in found]
     modseqs = None
     if search.uses_modseq(request.key):
         condstore.enable_condstore(session)  # RFC 7162 §3.1: a CONDSTORE-enabling command
         modseqs = [info.modseq for _, info in found]
+    options = request.options
     if options is None and "IMAP4REV2" in getattr(session, "enabled", ()):
         options = frozenset({"ALL"})  # RFC 9051 §6.4.4: SEARCH answers with ESEARCH
     if options is None:
         session.send(_search_response(numbers, modseqs))
         return Completion("Search completed")
-    if saving:
+    if "SAVE" in options:
         _save(mailbox, _saved_selection(options, [info.uid for _, info in found]))
     if options - {"SAVE"}:
         session.send(_esearch_response(command.tag, command.uid, options, numbers, modseqs))
     return Completion("Search completed")
 
 
-def run_search(session, mailbox, key) -> list:
-    """The ``(seq, MessageInfo)`` of the session's messages that ``key`` matches.
+def run_search(session, mailbox, key, then=None):
+    """A Deferred firing with the ``(seq, MessageInfo)`` of the session's messages
+    that ``key`` matches, or with ``then(those)`` when ``then`` is given.
 
     The session's sequence map decides which messages exist and their
-    numbers (RFC 3501 §7.4.1); one expunged by another session since is left
-    out (RFC 2180 §4.1.3 lets a server do either). Raises ParseError for
-    RECENT, NEW or OLD after ENABLE IMAP4rev2.
+    numbers (RFC 3501 §7.4.1), taken when the call is made; one expunged by
+    another session since is left out (RFC 2180 §4.1.3 lets a server do
+    either). With the server's search pool (``ctx.search``) the index answers
+    (:func:`mailserverd.search.query.search_indexed`, the same answers as a
+    scan) and the work, ``then`` included, runs in the pool; without one
+    (sessions built without the server) every message is scanned here.
+    Raises ParseError for RECENT, NEW or OLD after ENABLE IMAP4rev2.
     """
     reject_obsolete_search_keys(session, key)
     store = session.ctx.store
-    current = {info.uid: info for info in store.list_messages(session.user, mailbox.mailbox_id)}
-    messages = [(seq, current[uid]) for seq, uid in enumerate(mailbox.uids, 1) if uid in current]
+    pool = getattr(session.ctx, "search", None)
+    uids = list(mailbox.uids)  # the pool must not see the session change its view
+    mailbox_id = mailbox.mailbox_id
     scope = search.SearchScope(
         store=store,
         user=session.user,
-        count=len(mailbox.uids),
-        max_uid=mailbox.uids[-1] if mailbox.uids else 0,
+        count=len(uids),
+        max_uid=uids[-1] if uids else 0,
         saved_uids=frozenset(saved_uids(mailbox)),
-        recent_uids=mailbox.recent,
+        recent_uids=mailbox.recent.copy(),
     )
+
+    def work():
+        if pool is None:
+            found = _scan(key, mailbox_id, uids, scope)
+        else:
+            found = search_indexed(key, mailbox_id, uids, scope, pool.direct_max)
+        return found if then is None else then(found)
+
+    return maybeDeferred(work) if pool is None else pool.run(work)
+
+
+def _scan(key, mailbox_id: int, uids: list[int], scope) -> list:
+    """Every message of the view tried against ``key`` (no index)."""
+    current = {info.uid: info for info in scope.store.list_messages(scope.user, mailbox_id)}
+    messages = [(seq, current[uid]) for seq, uid in enumerate(uids, 1) if uid in current]
     return search.search_messages(key, messages, scope)
 
 

@@ -54,25 +54,35 @@ def read_search_criteria(args: ArgCursor) -> search.Key:
     return search.parse_search_keys(args)
 
 
-def searched_messages(session, command, key: search.Key) -> list[SortableMessage]:
-    """The messages of the selected mailbox that ``key`` matches, in mailbox order,
-    named by UID for the UID form of ``command`` and by sequence number otherwise."""
+def searched_messages(session, command, key: search.Key, then):
+    """A Deferred firing with ``then(messages)``: the messages of the selected
+    mailbox that ``key`` matches, in mailbox order, named by UID for the UID
+    form of ``command`` and by sequence number otherwise. ``then`` (sorting,
+    threading) runs where the search does, off the reactor (:func:`run_search`)."""
     store = session.ctx.store
-    found = run_search(session, session.selected, key)
-    return [SortableMessage(seq, info.uid if command.uid else seq, info, store, session.user)
-            for seq, info in found]
+    user = session.user
+
+    def sortable(found):
+        return then([SortableMessage(seq, info.uid if command.uid else seq, info, store, user)
+                     for seq, info in found])
+
+    return run_search(session, session.selected, key, sortable)
 
 
-def run(session, command) -> Completion:
-    """``[UID] SORT SP sort-criteria SP search-criteria``: one ``* SORT`` response.
-
-    Raises ParseError (BAD), MailError (NO BADCHARSET) or a store error.
+def run(session, command):
+    """``[UID] SORT SP sort-criteria SP search-criteria``: one ``* SORT`` response
+    (a Deferred). Raises or fails with ParseError (BAD), MailError (NO BADCHARSET)
+    or a store error.
     """
     args = command.args
     args.expect_sp()
     criteria = read_sort_criteria(args)
     args.expect_sp()
     key = read_search_criteria(args)
-    ordered = sort_messages(searched_messages(session, command, key), criteria)
+    ordered = searched_messages(session, command, key, lambda messages: sort_messages(messages, criteria))
+    return ordered.addCallback(lambda messages: _answer(session, messages))
+
+
+def _answer(session, ordered) -> Completion:
     session.send(responses.untagged(b"SORT" + b"".join(b" %d" % message.number for message in ordered)))
     return Completion("Sort completed")

@@ -18,8 +18,9 @@ __all__ = ["run", "THREAD_CAPABILITIES"]
 THREAD_CAPABILITIES = tuple(f"THREAD={name}" for name in ALGORITHMS)
 
 
-def run(session, command) -> Completion:
-    """``[UID] THREAD SP thread-alg SP search-criteria``: one ``* THREAD`` response.
+def run(session, command):
+    """``[UID] THREAD SP thread-alg SP search-criteria``: one ``* THREAD`` response
+    (a Deferred: the search and the threading run off the reactor).
 
     An algorithm we do not implement is a valid atom we cannot use: NO
     (RFC 5256 §3 "can't thread that ... criteria"). Raises ParseError (BAD),
@@ -33,6 +34,10 @@ def run(session, command) -> Completion:
         raise responses.mail_error("NO", None, "Unsupported threading algorithm")
     args.expect_sp()
     key = read_search_criteria(args)
-    threads = algorithm(searched_messages(session, command, key))
+    threaded = searched_messages(session, command, key, algorithm)
+    return threaded.addCallback(lambda threads: _answer(session, threads))
+
+
+def _answer(session, threads) -> Completion:
     session.send(responses.untagged(format_threads(threads)))
     return Completion("Thread completed")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailserverd.pop3.dotstuff import DotStuffer, stuff_chunks
+from mailserverd.mail.dotstuff import DotStuffer, stuff_chunks
 
 
 def reference_stuffing(data: bytes) -> bytes:

@@ -1,7 +1,8 @@
-"""Dot-stuffing of a POP3 multi-line response body, done as a stream.
+"""Dot-stuffing of a message sent as lines ending in ".", done as a stream.
 
-RFC 1939 §3: each line of a multi-line response that begins with the
-termination octet "." is sent with an extra "." in front, and the response
+One rule for both protocols that send mail so: a POP3 multi-line response
+(RFC 1939 §3) and the SMTP client's DATA (RFC 5321 §4.5.2). RFC 1939
+§3: each line of a multi-line response that begins with the termination octet "." is sent with an extra "." in front, and the response
 ends with the line ".".  A line can begin in one chunk and its first octet
 arrive in the next, so the encoder keeps state across chunks: stuffing per
 chunk would miss a "." at a chunk boundary, and a message could then end the
