@@ -17,6 +17,8 @@ a 50 MB body costs no 50 million grams and is still never missed.
 
 from __future__ import annotations
 
+import functools
+import re
 import zlib
 
 import msgpack
@@ -26,6 +28,14 @@ from mailserverd.search.text import MessageText, StoredText
 #: The gram of docs that every text search must check (too long to index by grams).
 UNFILTERED = b"\x00\x00\x00"
 GRAM = 3
+#: Distinct words whose grams are kept for the next messages (a few MB).
+WORD_CACHE_SIZE = 1 << 16
+# Every 3-byte string whose middle byte is a space (overlapping: a lookahead).
+_AROUND_SPACE = re.compile(rb"(?=(. .))", re.S)
+# The stored text: this byte, then msgpack [envelope and fields, zlib(body)], so that
+# keys other than BODY and TEXT never decompress the body. Docs stored before start
+# with a zlib header instead (0x78): one zlib stream of the whole document.
+_SPLIT_FORMAT = b"\x02"
 
 
 def grams_of(data: bytes) -> set[bytes]:
@@ -33,24 +43,51 @@ def grams_of(data: bytes) -> set[bytes]:
     return {data[index:index + GRAM] for index in range(len(data) - GRAM + 1)}
 
 
+def text_grams(data: bytes) -> set[bytes]:
+    """``grams_of(b" " + data + b" ")``, computed once per distinct word.
+
+    A gram of the padded text either has a space in the middle (found by one
+    regular-expression pass) or lies inside one space-delimited word with the
+    spaces around it; text repeats its words, so this does a fraction of the
+    work of slicing at every position. The padding only adds grams (which can
+    only make extra candidates, checked away), never loses one.
+    """
+    grams = set(_AROUND_SPACE.findall(b" " + data + b" "))
+    for word in set(data.split(b" ")):
+        grams |= _word_grams(word)
+    return grams
+
+
+@functools.lru_cache(maxsize=WORD_CACHE_SIZE)
+def _word_grams(word: bytes) -> frozenset[bytes]:
+    """The grams of one word between spaces (cached: mail repeats its vocabulary)."""
+    padded = b" " + word + b" "
+    return frozenset([padded[index:index + GRAM] for index in range(len(padded) - GRAM + 1)])
+
+
 def index_entry(raw: bytes, facts: dict, text_max: int) -> tuple[bytes, set[bytes]]:
     """``(stored text, grams)`` of one message (see the module docstring). Never raises
     for broken MIME (the text extraction does not)."""
     text = MessageText(lambda: raw, lambda: facts)
     doc = text.document()
-    stored = zlib.compress(msgpack.packb(doc, use_bin_type=True), 1)
+    body = doc.pop("body").encode("utf-8", "surrogatepass")
+    stored = _SPLIT_FORMAT + msgpack.packb([doc, zlib.compress(body, 1)], use_bin_type=True)
     texts = [part.encode("utf-8", "surrogatepass") for part in text.searched_texts()]
     if sum(len(part) for part in texts) > text_max:
         return stored, {UNFILTERED}
     grams: set[bytes] = set()
     for part in texts:
-        grams |= grams_of(part)
+        grams |= text_grams(part)
     return stored, grams
 
 
 def stored_text(stored: bytes) -> StoredText:
-    """The :class:`StoredText` of what :func:`index_entry` stored."""
-    return StoredText(msgpack.unpackb(zlib.decompress(stored), raw=False))
+    """The :class:`StoredText` of what :func:`index_entry` stored (either format);
+    the body is decompressed only if a key reads it."""
+    if stored[:1] != _SPLIT_FORMAT:
+        return StoredText(msgpack.unpackb(zlib.decompress(stored), raw=False))
+    doc, body = msgpack.unpackb(stored[1:], raw=False)
+    return StoredText(doc, lambda: zlib.decompress(body).decode("utf-8", "surrogatepass"))
 
 
 def needle_grams(needle: str) -> set[bytes]:

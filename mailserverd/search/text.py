@@ -286,13 +286,15 @@ class MessageText:
 
 
 class StoredText:
-    """What :meth:`MessageText.document` gave, with the same reading methods."""
+    """What :meth:`MessageText.document` gave, with the same reading methods;
+    without its ``"body"``, ``load_body()`` gives it when first read."""
 
-    __slots__ = ("_doc", "_header")
+    __slots__ = ("_doc", "_header", "_load_body")
 
-    def __init__(self, doc: dict):
+    def __init__(self, doc: dict, load_body: Callable[[], str] | None = None):
         self._doc = doc
         self._header = None
+        self._load_body = load_body
 
     def envelope(self, field: str) -> str:
         return self._doc[field]
@@ -306,4 +308,6 @@ class StoredText:
         return self._header
 
     def body(self) -> str:
+        if "body" not in self._doc:
+            self._doc["body"] = self._load_body()
         return self._doc["body"]

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import base64
 import random
+import zlib
+
+import msgpack
 
 import pytest
 import pytest_twisted
@@ -20,6 +23,8 @@ from twisted.internet import reactor
 from mailserverd.imap import search
 from mailserverd.imap.parser import SequenceSet
 from mailserverd.limits import KIB, MIB, Limits
+from mailserverd.mail.facts import compute_facts
+from mailserverd.search.index import grams_of, index_entry, stored_text, text_grams
 from mailserverd.search.indexer import Indexer
 from mailserverd.search.query import search_indexed
 from mailserverd.search.text import MessageText, normalise
@@ -165,3 +170,23 @@ def test_random_programs_agree(corpus):
         assert indexed == scanned
 
     check()
+
+
+@given(st.binary(max_size=64) | st.text(alphabet="ab \n\u00e9", max_size=40).map(str.encode))
+@settings(max_examples=500)
+def test_text_grams_are_the_grams_of_the_text_between_spaces(data):
+    assert text_grams(data) == grams_of(b" " + data + b" ")
+    assert grams_of(data) <= text_grams(data)  # so no needle's grams are ever missing
+
+
+def test_docs_stored_in_the_earlier_format_are_still_read():
+    doc = {"from": "a <a@x>", "to": "", "cc": "", "bcc": "", "subject": "hello",
+           "fields": [["subject", "hello"]], "body": "the body text"}
+    earlier = zlib.compress(msgpack.packb(doc, use_bin_type=True), 1)
+    read = stored_text(earlier)
+    assert (read.envelope("subject"), read.body()) == ("hello", "the body text")
+    raw = b"Subject: hello\r\n\r\nthe body text\r\n"
+    stored, grams = index_entry(raw, compute_facts(raw), MIB)
+    now = stored_text(stored)
+    assert stored[:1] != earlier[:1] and b"bod" in grams
+    assert (now.envelope("subject"), now.body()) == ("hello", "the body text\r\n")
