@@ -140,6 +140,9 @@ LIMIT_SPECS: tuple[LimitSpec, ...] = (
               "Messages the indexer adds to the search index in one transaction."),
     LimitSpec("search_index_interval", 1, 1, 3600, "seconds",
               "How often the indexer looks for changes to add to the search index when idle."),
+    LimitSpec("search_index_nice", 10, 0, 19, "count",
+              "Nice value added to the indexer's worker process, so that it yields the CPU "
+              "to deliveries and catches up when they pause."),
     LimitSpec("search_text_max", 4 * MIB, 64 * KIB, 1 * GIB, "bytes",
               "Decoded text of one message above which it is not indexed by grams "
               "(every text search then reads its stored text)."),

@@ -81,6 +81,19 @@ def index_entry(raw: bytes, facts: dict, text_max: int) -> tuple[bytes, set[byte
     return stored, grams
 
 
+def index_entry_wire(raw: bytes, facts: dict, text_max: int) -> list:
+    """:func:`index_entry` as a worker process sends it back: ``[stored, grams
+    joined]`` (every gram is GRAM bytes; :func:`entry_from_wire` splits them)."""
+    stored, grams = index_entry(raw, facts, text_max)
+    return [stored, b"".join(grams)]
+
+
+def entry_from_wire(reply: list) -> tuple[bytes, set[bytes]]:
+    """The ``(stored text, grams)`` of an :func:`index_entry_wire` reply."""
+    stored, joined = reply
+    return bytes(stored), {joined[index:index + GRAM] for index in range(0, len(joined), GRAM)}
+
+
 def stored_text(stored: bytes) -> StoredText:
     """The :class:`StoredText` of what :func:`index_entry` stored (either format);
     the body is decompressed only if a key reads it."""

@@ -7,24 +7,33 @@ never indexes a message twice. A search never misses a message that the
 indexer has not reached: the index says which UIDs of a mailbox it holds
 (store/searchindex.py), and the query engine scans the rest.
 
-Batches are built in one thread of a pool of its own (decoding text is
-CPU work that must stay off the reactor) and committed through the shard's
-writer like every other write (group commit: nothing is acknowledged before
-it is durable, and deliveries are never waited on): a
-:class:`~mailserverd.logfollower.LogFollower`.
+Batches are built in one thread of a pool of its own and committed through
+the shard's writer like every other write (group commit: nothing is
+acknowledged before it is durable, and deliveries are never waited on): a
+:class:`~mailserverd.logfollower.LogFollower`. Decoding text is CPU work
+that would compete with deliveries for the GIL: the thread hands it to a
+worker process of its own (the store's :class:`ParseWorker`), started with
+a lower priority (``search_index_nice``), so that on a busy machine the
+index lags behind deliveries instead of slowing them; searches scan the
+lag.
 """
 
 from __future__ import annotations
 
 from mailserverd.logfollower import LogFollower, changes_after
-from mailserverd.search.index import index_entry
+from mailserverd.search.index import entry_from_wire, index_entry
+from mailserverd.store.parseworker import ParseWorker
+
+_ENTRY_IN_WORKER = "mailserverd.search.index:index_entry_wire"
 
 
-def build_batch(store, shard_number: int, after_seq: int, batch_max: int, text_max: int):
+def build_batch(store, shard_number: int, after_seq: int, batch_max: int, text_max: int,
+                entry=index_entry):
     """The next batch of shard ``shard_number`` after ``after_seq``: ``(upto_seq,
     docs, removals)`` for store.write_search_batch, or None when there is nothing.
 
-    At most ``batch_max`` messages are extracted; a message expunged later in
+    At most ``batch_max`` messages are extracted, each by ``entry(raw, facts,
+    text_max)`` (:func:`index_entry`'s contract); a message expunged later in
     the same batch is not (its doc is marked gone). Runs on any thread.
     """
     docs: list[list] = []
@@ -33,7 +42,7 @@ def build_batch(store, shard_number: int, after_seq: int, batch_max: int, text_m
     contents: dict[bytes, tuple] = {}
     upto = after_seq
     for change in changes_after(store, shard_number, after_seq):
-        _add_change(store, shard_number, change, text_max, docs, removals, pending, contents)
+        _add_change(store, shard_number, change, text_max, entry, docs, removals, pending, contents)
         upto = change.seq
         if len(docs) >= batch_max:
             break
@@ -42,18 +51,17 @@ def build_batch(store, shard_number: int, after_seq: int, batch_max: int, text_m
     return upto, [tuple(doc) for doc in docs], removals
 
 
-def _add_change(store, shard_number, change, text_max, docs, removals, pending, contents) -> None:
+def _add_change(store, shard_number, change, text_max, entry, docs, removals, pending, contents) -> None:
     """Add what one change record means for the index to the batch being built."""
     user_id, mailbox_id, data = change.user_id, change.mailbox_id, change.data
     box = (user_id, mailbox_id)
     if change.kind == "append":
         for uid, blob_id in zip(data["uids"], data["blob_ids"]):
-            entry = contents.get(blob_id)
-            if entry is None:
+            if blob_id not in contents:
                 content = store.read_content(shard_number, blob_id)
-                entry = (None, ()) if content is None else index_entry(content[0], content[1], text_max)
-                contents[blob_id] = entry
-            doc = [user_id, mailbox_id, uid, entry[0], entry[1]]
+                extracted = (None, ()) if content is None else entry(content[0], content[1], text_max)
+                contents[blob_id] = extracted
+            doc = [user_id, mailbox_id, uid, *contents[blob_id]]
             docs.append(doc)
             pending.setdefault(box, {})[uid] = doc
     elif change.kind == "expunge":
@@ -87,13 +95,17 @@ class Indexer(LogFollower):
         super().__init__(store, limits, reactor)
         self.indexed = 0
         self.progress = progress
+        self._worker = ParseWorker("search-index", nice=limits.search_index_nice)
+
+    def _entry(self, raw: bytes, facts: dict, text_max: int):
+        return entry_from_wire(self._worker.call(_ENTRY_IN_WORKER, raw, facts, text_max))
 
     def position(self, shard_number: int) -> int:
         return self.store.search_seq(shard_number)
 
     def build_batch(self, shard_number: int, after_seq: int):
-        return build_batch(self.store, shard_number, after_seq,
-                           self.limits.search_index_batch, self.limits.search_text_max)
+        return build_batch(self.store, shard_number, after_seq, self.limits.search_index_batch,
+                           self.limits.search_text_max, self._entry)
 
     def commit(self, shard_number: int, batch):
         return self.store.write_search_batch(shard_number, *batch).addCallback(self._written)
@@ -102,3 +114,7 @@ class Indexer(LogFollower):
         self.indexed += count
         if self.progress is not None:
             self.progress(count)
+
+    def stop(self):
+        """Stop following (see LogFollower.stop), then end the worker process."""
+        return super().stop().addCallback(lambda _: self._worker.stop())
