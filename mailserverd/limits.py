@@ -144,13 +144,13 @@ LIMIT_SPECS: tuple[LimitSpec, ...] = (
               "Nice value added to the indexer's worker process, so that it yields the CPU "
               "to deliveries and catches up when they pause."),
     LimitSpec("search_text_max", 4 * MIB, 64 * KIB, 1 * GIB, "bytes",
-              "Decoded text of one message above which it is not indexed by grams "
+              "Decoded text of one message above which it is not split into tokens "
               "(every text search then reads its stored text)."),
     LimitSpec("search_threads", 2, 1, 64, "count",
               "Threads that run IMAP SEARCH, SORT and THREAD off the reactor."),
     LimitSpec("search_verify_direct_max", 200, 0, 100000, "count",
               "Messages at or below which a text key reads their stored text "
-              "directly instead of narrowing by the index's grams first."),
+              "directly instead of narrowing by the index's vocabulary first."),
     # --- the spam classifier (mailserverd/delivery/bayes.py, spamtrainer.py)
     LimitSpec("spam_training_min", 20, 1, 1000000, "count",
               "Messages of each class (spam, ham) a user's own spam model needs before "

@@ -1,23 +1,35 @@
-"""What the index keeps of a message: its normalised text and its grams.
+"""What the index keeps of a message: its normalised text and its terms.
 
 :func:`index_entry` turns a message (bytes and stored facts) into the
-``(text, grams)`` pair that :func:`mailserverd.store.searchindex.apply_batch`
-stores: ``text`` the zlib-compressed msgpack of
-:meth:`MessageText.document` (read back by :func:`stored_text` to check
-candidates), ``grams`` every 3-byte string of the UTF-8 of each text a key
-compares with. UTF-8 is self-synchronising, so a needle is a substring of a
-text exactly when its UTF-8 is a substring of the text's UTF-8, and then
-every 3-byte gram of the needle is a gram of the text: the grams never lose
-a match, and checking the candidates' stored text removes the false ones.
+``(text, terms)`` pair that :func:`mailserverd.store.searchindex.apply_batch`
+stores:
 
-A message whose text is longer than ``search_text_max`` gets the single
-gram :data:`UNFILTERED` instead: it is a candidate for every search, so that
-a 50 MB body costs no 50 million grams and is still never missed.
+- ``text``: the texts of :meth:`MessageText.document`, read back by
+  :func:`stored_text` to check candidates (msgpack, the body zlib-compressed
+  apart so that keys other than BODY and TEXT never decompress it);
+- ``terms``: for each *class* of text a key compares with (:data:`CLASSES`:
+  each envelope field, the header, the body), the set of its *tokens*, the
+  maximal runs of word characters (``\\w``) of its normalised text, in UTF-8.
+
+Why tokens give exact answers (RFC 9051 §6.4.4 asks for substring matches,
+not word matches): a needle made only of word characters can occur in a
+text only inside one token, so the texts holding it are exactly those with a
+token that contains it, and the index answers from the vocabulary alone,
+with no text read. A needle with other characters in it is split at them
+into its *runs* (:func:`needle_runs`); each run is a token of the text, or
+the start, the end or any part of one, depending on what surrounds it in
+the needle, so the texts with such tokens for every run are the candidates,
+and their stored text is checked.
+
+A class whose text is longer than ``search_text_max`` in all, or that has a
+token longer than :data:`TOKEN_MAX` bytes, also gets the empty token
+:data:`UNTOKENISED`: its docs are candidates for every key of that class and
+always checked, so that a 50 MB body costs no millions of terms and a long
+token never a match.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 import zlib
 
@@ -25,84 +37,90 @@ import msgpack
 
 from mailserverd.search.text import MessageText, StoredText
 
-#: The gram of docs that every text search must check (too long to index by grams).
-UNFILTERED = b"\x00\x00\x00"
+#: The class of each text a key compares with: an envelope field, the header, the body.
+CLASSES = {"from": "f", "to": "t", "cc": "c", "bcc": "b", "subject": "s", "header": "h", "body": "B"}
+#: The token of a class whose text was not split into tokens (see the module docstring).
+UNTOKENISED = b""
+#: Longest token kept in the vocabulary, in bytes.
+TOKEN_MAX = 64
 GRAM = 3
-#: Distinct words whose grams are kept for the next messages (a few MB).
-WORD_CACHE_SIZE = 1 << 16
-# Every 3-byte string whose middle byte is a space (overlapping: a lookahead).
-_AROUND_SPACE = re.compile(rb"(?=(. .))", re.S)
-# The stored text: this byte, then msgpack [envelope and fields, zlib(body)], so that
-# keys other than BODY and TEXT never decompress the body. Docs stored before start
-# with a zlib header instead (0x78): one zlib stream of the whole document.
+# A token: a maximal run of word characters (str.isalnum or "_") of normalised text.
+_TOKEN = re.compile(r"\w+")
+# The stored text: this byte, then msgpack [envelope and fields, zlib(body)].
 _SPLIT_FORMAT = b"\x02"
+
+#: How a needle's run must sit in a token (see :func:`needle_runs`).
+CONTAINS, PREFIX, SUFFIX, EXACT = "contains", "prefix", "suffix", "exact"
 
 
 def grams_of(data: bytes) -> set[bytes]:
-    """Every ``GRAM``-byte substring of ``data``."""
+    """Every ``GRAM``-byte substring of ``data`` (of tokens: the vocabulary's index)."""
     return {data[index:index + GRAM] for index in range(len(data) - GRAM + 1)}
 
 
-def text_grams(data: bytes) -> set[bytes]:
-    """``grams_of(b" " + data + b" ")``, computed once per distinct word.
-
-    A gram of the padded text either has a space in the middle (found by one
-    regular-expression pass) or lies inside one space-delimited word with the
-    spaces around it; text repeats its words, so this does a fraction of the
-    work of slicing at every position. The padding only adds grams (which can
-    only make extra candidates, checked away), never loses one.
-    """
-    grams = set(_AROUND_SPACE.findall(b" " + data + b" "))
-    for word in set(data.split(b" ")):
-        grams |= _word_grams(word)
-    return grams
+def _tokens(text: str) -> list[bytes]:
+    """The distinct tokens of ``text`` (normalised), with UNTOKENISED if one is too long."""
+    tokens = {token.encode("utf-8", "surrogatepass") for token in set(_TOKEN.findall(text))}
+    if any(len(token) > TOKEN_MAX for token in tokens):
+        tokens = {token for token in tokens if len(token) <= TOKEN_MAX}
+        tokens.add(UNTOKENISED)
+    return sorted(tokens)
 
 
-@functools.lru_cache(maxsize=WORD_CACHE_SIZE)
-def _word_grams(word: bytes) -> frozenset[bytes]:
-    """The grams of one word between spaces (cached: mail repeats its vocabulary)."""
-    padded = b" " + word + b" "
-    return frozenset([padded[index:index + GRAM] for index in range(len(padded) - GRAM + 1)])
-
-
-def index_entry(raw: bytes, facts: dict, text_max: int) -> tuple[bytes, set[bytes]]:
-    """``(stored text, grams)`` of one message (see the module docstring). Never raises
-    for broken MIME (the text extraction does not)."""
+def index_entry(raw: bytes, facts: dict, text_max: int) -> tuple[bytes, dict[str, list[bytes]]]:
+    """``(stored text, terms)`` of one message (see the module docstring): ``terms``
+    maps each class of :data:`CLASSES` to its tokens. Never raises for broken MIME
+    (the text extraction does not)."""
     text = MessageText(lambda: raw, lambda: facts)
     doc = text.document()
-    body = doc.pop("body").encode("utf-8", "surrogatepass")
-    stored = _SPLIT_FORMAT + msgpack.packb([doc, zlib.compress(body, 1)], use_bin_type=True)
-    texts = [part.encode("utf-8", "surrogatepass") for part in text.searched_texts()]
-    if sum(len(part) for part in texts) > text_max:
-        return stored, {UNFILTERED}
-    grams: set[bytes] = set()
-    for part in texts:
-        grams |= text_grams(part)
-    return stored, grams
+    body = doc.pop("body")
+    stored = _SPLIT_FORMAT + msgpack.packb(
+        [doc, zlib.compress(body.encode("utf-8", "surrogatepass"), 1)], use_bin_type=True)
+    texts = {CLASSES[field]: text.envelope(field) for field in ("from", "to", "cc", "bcc", "subject")}
+    texts[CLASSES["header"]] = text.header()
+    texts[CLASSES["body"]] = body
+    if sum(len(part) for part in texts.values()) > text_max:
+        return stored, {name: [UNTOKENISED] for name in texts}
+    return stored, {name: _tokens(part) for name, part in texts.items()}
 
 
 def index_entry_wire(raw: bytes, facts: dict, text_max: int) -> list:
-    """:func:`index_entry` as a worker process sends it back: ``[stored, grams
-    joined]`` (every gram is GRAM bytes; :func:`entry_from_wire` splits them)."""
-    stored, grams = index_entry(raw, facts, text_max)
-    return [stored, b"".join(grams)]
+    """:func:`index_entry` as a worker process sends it back (msgpack values)."""
+    return list(index_entry(raw, facts, text_max))
 
 
-def entry_from_wire(reply: list) -> tuple[bytes, set[bytes]]:
-    """The ``(stored text, grams)`` of an :func:`index_entry_wire` reply."""
-    stored, joined = reply
-    return bytes(stored), {joined[index:index + GRAM] for index in range(0, len(joined), GRAM)}
+def entry_from_wire(reply: list) -> tuple[bytes, dict[str, list[bytes]]]:
+    """The ``(stored text, terms)`` of an :func:`index_entry_wire` reply."""
+    stored, terms = reply
+    return bytes(stored), {name: [bytes(token) for token in tokens] for name, tokens in terms.items()}
 
 
 def stored_text(stored: bytes) -> StoredText:
-    """The :class:`StoredText` of what :func:`index_entry` stored (either format);
-    the body is decompressed only if a key reads it."""
-    if stored[:1] != _SPLIT_FORMAT:
-        return StoredText(msgpack.unpackb(zlib.decompress(stored), raw=False))
-    doc, body = msgpack.unpackb(stored[1:], raw=False)
+    """The :class:`StoredText` of what :func:`index_entry` stored; the body is
+    decompressed only if a key reads it."""
+    doc, body = msgpack.unpackb(memoryview(stored)[1:], raw=False)
     return StoredText(doc, lambda: zlib.decompress(body).decode("utf-8", "surrogatepass"))
 
 
-def needle_grams(needle: str) -> set[bytes]:
-    """The grams every text holding ``needle`` (normalised) holds; empty if it is too short."""
-    return grams_of(needle.encode("utf-8", "surrogatepass"))
+def needle_runs(needle: str) -> list[tuple[bytes, str]]:
+    """The runs of word characters of a normalised needle, each with how it sits in
+    a token of any text holding the needle: EXACT between two other characters,
+    PREFIX after one (the token starts there), SUFFIX before one, CONTAINS alone
+    (the needle is that run). Empty when the needle has no word character."""
+    runs = []
+    for match in _TOKEN.finditer(needle):
+        after_other, before_other = match.start() > 0, match.end() < len(needle)
+        mode = (EXACT if before_other else PREFIX) if after_other else (SUFFIX if before_other else CONTAINS)
+        runs.append((match.group().encode("utf-8", "surrogatepass"), mode))
+    return runs
+
+
+def token_fits(token: bytes, run: bytes, mode: str) -> bool:
+    """Whether ``token`` can hold ``run`` where :func:`needle_runs` says it sits."""
+    if mode == EXACT:
+        return token == run
+    if mode == PREFIX:
+        return token.startswith(run)
+    if mode == SUFFIX:
+        return token.endswith(run)
+    return run in token

@@ -20,9 +20,12 @@ lag.
 
 from __future__ import annotations
 
+from twisted.internet.defer import inlineCallbacks
+
 from mailserverd.logfollower import LogFollower, changes_after
 from mailserverd.search.index import entry_from_wire, index_entry
 from mailserverd.store.parseworker import ParseWorker
+from mailserverd.store.searchindex import FORMAT
 
 _ENTRY_IN_WORKER = "mailserverd.search.index:index_entry_wire"
 
@@ -102,6 +105,15 @@ class Indexer(LogFollower):
 
     def position(self, shard_number: int) -> int:
         return self.store.search_seq(shard_number)
+
+    @inlineCallbacks
+    def catch_up(self):
+        """Index everything logged so far; an index of an older layout is emptied
+        first and rebuilt from the start of the log (searches scan meanwhile)."""
+        for number in range(self.store.shards):
+            if self.store.search_format(number) != FORMAT:
+                yield self.store.reset_search_index(number)
+        yield super().catch_up()
 
     def build_batch(self, shard_number: int, after_seq: int):
         return build_batch(self.store, shard_number, after_seq, self.limits.search_index_batch,

@@ -5,15 +5,17 @@ Same program tree and same per-message rules as the scan
 message at a time:
 
 - an AND runs its keys most selective first, each over what the ones before
-  left: text keys with grams first (the index narrows them to candidates),
-  then keys of the message record, then text keys the index cannot narrow;
-  an OR evaluates its right side only over what its left side did not take,
-  a NOT over its complement;
-- a text key takes the candidates that hold every 3-byte gram of its
-  string (plus the docs too long for grams), then checks each candidate's
-  stored text with the scan's own evaluator (RFC 9051 §6.4.4 substring
-  match), so no answer differs from a scan; over few messages it reads
-  their stored text directly;
+  left: text keys the vocabulary answers outright, then those it narrows to
+  candidates, then keys of the message record, then text keys with no word
+  character; an OR evaluates its right side only over what its left side did
+  not take, a NOT over its complement;
+- a text key whose string is one run of word characters is answered by the
+  postings of the tokens that contain it (:mod:`mailserverd.search.index`
+  says why that is exactly the RFC 9051 §6.4.4 substring match); any other
+  text key takes the docs whose tokens fit each run of its string, then
+  checks each candidate's stored text with the scan's own evaluator, so no
+  answer differs from a scan; over few messages it reads their stored text
+  directly;
 - the messages the index has not reached yet (UIDs above the mailbox's
   indexed UID) are evaluated by the scan, so nothing is ever missed.
 
@@ -25,13 +27,33 @@ from __future__ import annotations
 import bisect
 
 from mailserverd.imap import search
-from mailserverd.search.index import UNFILTERED, needle_grams, stored_text
+from mailserverd.search.index import CLASSES, CONTAINS, grams_of, needle_runs, stored_text, token_fits
 from mailserverd.store.errors import Expunged
 from mailserverd.store.searchindex import SEGMENT_DOCS, bit_offsets
 
 _TEXT_KEYS = (search.EnvelopeText, search.HeaderText, search.BodyText, search.AnyText)
 # How many results are looked up one by one before all records are read at once.
 _RESULT_LOOKUPS_MAX = 1000
+# Plan order: answered by the vocabulary, narrowed by it, record keys, unnarrowed text.
+_ANSWERED, _NARROWED, _RECORD, _UNNARROWED = 0, 1, 2, 3
+
+
+def key_classes(key: search.Key) -> tuple[str, ...]:
+    """The classes of text (index.CLASSES) a text key compares with."""
+    if isinstance(key, search.EnvelopeText):
+        return (CLASSES[key.field],)
+    if isinstance(key, search.BodyText):
+        return (CLASSES["body"],)
+    if isinstance(key, search.AnyText):
+        return (CLASSES["header"], CLASSES["body"])
+    return (CLASSES["header"],)  # HEADER: the field's value is inside the header's text
+
+
+def answered_by_tokens(key: search.Key) -> bool:
+    """Whether the vocabulary alone answers ``key`` (one run of word characters;
+    HEADER also needs the field's name, so its candidates are always checked)."""
+    runs = needle_runs(key.needle)
+    return not isinstance(key, search.HeaderText) and len(runs) == 1 and runs[0][1] == CONTAINS
 
 
 class _Stored:
@@ -41,6 +63,11 @@ class _Stored:
 
     def __init__(self, stored: bytes):
         self.text = stored_text(stored)
+
+
+def _union(into: dict[int, int], segments: dict[int, int]) -> None:
+    for segment, bits in segments.items():
+        into[segment] = into.get(segment, 0) | bits
 
 
 class _Plan:
@@ -55,6 +82,7 @@ class _Plan:
         self.direct_max = direct_max
         self.indexed_max = reader.indexed_uid(mailbox_id)
         self._records: dict | None = None
+        self._token_ids: dict[tuple[bytes, str], list[int]] = {}
 
     def records(self) -> dict:
         if self._records is None:
@@ -62,11 +90,18 @@ class _Plan:
                              self.scope.store.list_messages(self.scope.user, self.mailbox_id)}
         return self._records
 
-    def message(self, uid: int):
-        """The scan's view of one message, or None if it has been expunged since."""
-        info = self.records().get(uid)
-        if info is None:
-            return None
+    def message(self, uid: int, few: bool = False):
+        """The scan's view of one message, or None if it has been expunged since;
+        ``few``: one of a few, looked up alone unless every record was read."""
+        if few and self._records is None:
+            try:
+                info = self.scope.store.get_message(self.scope.user, self.mailbox_id, uid)
+            except Expunged:
+                return None
+        else:
+            info = self.records().get(uid)
+            if info is None:
+                return None
         return search._Message(bisect.bisect_left(self.uids, uid) + 1, info, self.scope)
 
     # -- evaluation: each returns the UIDs of ``within`` that the key matches
@@ -92,21 +127,23 @@ class _Plan:
         return self.scan(key, within)
 
     def cost(self, key: search.Key) -> int:
-        """0 a text key the grams narrow, 1 the message record, 2 a text key they cannot."""
         if isinstance(key, _TEXT_KEYS):
-            return 0 if needle_grams(key.needle) else 2
+            if answered_by_tokens(key):
+                return _ANSWERED
+            return _NARROWED if needle_runs(key.needle) else _UNNARROWED
         if isinstance(key, search.Not):
             return self.cost(key.key)
         if isinstance(key, search.Or):
             return max(self.cost(key.left), self.cost(key.right))
         if isinstance(key, search.And):
-            return min((self.cost(child) for child in key.keys), default=1)
-        return 1
+            return min((self.cost(child) for child in key.keys), default=_RECORD)
+        return _RECORD
 
     def scan(self, key: search.Key, within: set[int]) -> set[int]:
         found = set()
+        few = len(within) <= _RESULT_LOOKUPS_MAX
         for uid in within:
-            message = self.message(uid)
+            message = self.message(uid, few)
             if message is not None and search.matches(key, message):
                 found.add(uid)
         return found
@@ -115,39 +152,90 @@ class _Plan:
         tail = {uid for uid in within if uid > self.indexed_max}
         found = self.scan(key, tail) if tail else set()
         head = within - tail if tail else within
-        grams = needle_grams(key.needle)
-        if not grams or len(head) <= self.direct_max:
-            for uid in head:
-                docno = self.reader.docno(self.mailbox_id, uid)
-                doc = None if docno is None else self.reader.doc(docno)
-                if doc is not None and search.matches(key, _Stored(doc[2])):
-                    found.add(uid)
-            return found
-        for docno in self.candidates(grams):
-            doc = self.reader.doc(docno)
-            if doc is not None and doc[0] == self.mailbox_id and doc[1] in head \
-                    and search.matches(key, _Stored(doc[2])):
-                found.add(doc[1])
+        runs = needle_runs(key.needle)
+        if not runs or len(head) <= self.direct_max:
+            return found | self.check(key, head)
+        classes = key_classes(key)
+        if answered_by_tokens(key):
+            ids = self.token_ids(*runs[0])
+            matched: dict[int, int] = {}
+            for name in classes:
+                for token_id in ids:
+                    _union(matched, self.reader.term_segments(name, token_id))
+            found |= head.intersection(self.uids_of(matched))
+            unsure = self.untokenised(classes)
+            return found | self.check(key, head.intersection(self.uids_of(unsure)) - found)
+        candidates: dict[int, int] = {}
+        for name in classes:
+            _union(candidates, self.fitting(name, runs))
+        return found | self.check(key, head.intersection(self.uids_of(candidates)))
+
+    def check(self, key: search.Key, uids: set[int]) -> set[int]:
+        """The UIDs of ``uids`` (indexed) whose stored text matches ``key``."""
+        found = set()
+        for uid in uids:
+            docno = self.reader.docno(self.mailbox_id, uid)
+            doc = None if docno is None else self.reader.doc(docno)
+            if doc is not None and search.matches(key, _Stored(doc[2])):
+                found.add(uid)
         return found
 
-    def candidates(self, grams: set[bytes]) -> list[int]:
-        """Docnos holding every gram (rarest first, per segment), and the unfiltered ones."""
-        postings = sorted((self.reader.gram_segments(gram) for gram in grams),
-                          key=lambda segments: sum(bits.bit_count() for bits in segments.values()))
-        result = dict(postings[0])
-        for segments in postings[1:]:
-            result = {segment: bits & segments[segment] for segment, bits in result.items()
-                      if segment in segments and bits & segments[segment]}
+    def fitting(self, name: str, runs: list[tuple[bytes, str]]) -> dict[int, int]:
+        """``{segment: bits}`` of the docs whose class ``name`` has a fitting token for
+        every run, and of those with untokenised text there."""
+        result: dict[int, int] | None = None
+        for run, mode in sorted(runs, key=lambda item: -len(item[0])):  # longest: likely rarest
+            docs: dict[int, int] = {}
+            for token_id in self.token_ids(run, mode):
+                _union(docs, self.reader.term_segments(name, token_id))
+            result = docs if result is None else {
+                segment: bits & docs[segment] for segment, bits in result.items()
+                if segment in docs and bits & docs[segment]}
             if not result:
                 break
-        for segment, bits in self.reader.gram_segments(UNFILTERED).items():
-            result[segment] = result.get(segment, 0) | bits
-        return [segment * SEGMENT_DOCS + offset for segment in sorted(result)
-                for offset in bit_offsets(result[segment])]
+        result = result or {}
+        _union(result, self.reader.term_segments(name, 0))
+        return result
 
-    def results(self, uids: set[int]) -> list[tuple[int, object]]:
-        """``(seq, MessageInfo)`` of ``uids`` in order; ones expunged since are left out."""
+    def untokenised(self, classes: tuple[str, ...]) -> dict[int, int]:
+        unsure: dict[int, int] = {}
+        for name in classes:
+            _union(unsure, self.reader.term_segments(name, 0))
+        return unsure
+
+    def token_ids(self, run: bytes, mode: str) -> list[int]:
+        """The ids of the vocabulary's tokens that can hold ``run`` as ``mode`` says."""
+        cached = self._token_ids.get((run, mode))
+        if cached is not None:
+            return cached
+        grams = grams_of(run)
+        if not grams:  # shorter than a gram: every token is a candidate
+            ids = [token_id for token, token_id in self.reader.vocabulary() if token_fits(token, run, mode)]
+        else:
+            postings = sorted((self.reader.gram_segments(gram) for gram in grams),
+                              key=lambda segments: sum(bits.bit_count() for bits in segments.values()))
+            common = dict(postings[0])
+            for segments in postings[1:]:
+                common = {segment: bits & segments[segment] for segment, bits in common.items()
+                          if segment in segments and bits & segments[segment]}
+            ids = [token_id for token_id in _offsets(common) if token_fits(self.reader.token(token_id), run, mode)]
+        self._token_ids[(run, mode)] = ids
+        return ids
+
+    def uids_of(self, segments: dict[int, int]) -> list[int]:
+        """The UIDs of this mailbox's messages among the docs of ``segments``."""
+        found: list[int] = []
+        for segment in sorted(segments):
+            found.extend(self.reader.messages(segment, bit_offsets(segments[segment]), self.mailbox_id))
+        return found
+
+    def results(self, uids: set[int], records: bool) -> list[tuple[int, object]]:
+        """``(seq, MessageInfo)`` of ``uids`` in order (``(seq, uid)`` when not
+        ``records``); with records, ones expunged since are left out."""
         ordered = sorted(uids)
+        if not records:
+            positions = dict(zip(self.uids, range(1, len(self.uids) + 1)))
+            return [(positions[uid], uid) for uid in ordered]
         if self._records is None and len(ordered) <= _RESULT_LOOKUPS_MAX:
             found = []
             for uid in ordered:
@@ -157,17 +245,25 @@ class _Plan:
                     continue
                 found.append((bisect.bisect_left(self.uids, uid) + 1, info))
             return found
-        records = self.records()
-        return [(bisect.bisect_left(self.uids, uid) + 1, records[uid]) for uid in ordered if uid in records]
+        known = self.records()
+        return [(bisect.bisect_left(self.uids, uid) + 1, known[uid]) for uid in ordered if uid in known]
+
+
+def _offsets(segments: dict[int, int]) -> list[int]:
+    return [segment * SEGMENT_DOCS + offset for segment in sorted(segments)
+            for offset in bit_offsets(segments[segment])]
 
 
 def search_indexed(key: search.Key, mailbox_id: int, uids: list[int], scope: search.SearchScope,
-                   direct_max: int) -> list[tuple[int, object]]:
+                   direct_max: int, records: bool = True) -> list[tuple[int, object]]:
     """The ``(seq, MessageInfo)`` of the view ``uids`` (ascending; seq = position + 1)
     that ``key`` matches, exactly as :func:`mailserverd.imap.search.search_messages`
-    answers. Blocking; raises the store's errors."""
+    answers; with ``records`` false, ``(seq, uid)`` (no record is read for the
+    answer, and a message expunged since may be in it, as RFC 2180 §4.1.3 allows).
+    Blocking; raises the store's errors."""
     def evaluate(reader):
         plan = _Plan(reader, scope, mailbox_id, uids, direct_max)
-        return plan.results(plan.run(key, set(uids)))
+        return plan.results(plan.run(key, set(uids)), records)
 
     return scope.store.read_search_index(scope.user, evaluate)
+

@@ -28,7 +28,7 @@ META_DBS = ("info", "domains", "users", "aliases", "members",
 SHARD_DBS = (
     "info", "accounts", "mbnames", "mailboxes", "subscriptions", "messages",
     "modseqs", "vanished", "changes", "blobs", "blobrefs",
-    "searchmap", "searchdocs", "searchgrams",  # the search index: store/searchindex.py
+    "searchmap", "searchdocs", "searchterms", "searchgrams",  # the search index: store/searchindex.py
     "spamtokens", "spamtrained",  # the spam classifier: store/spamtokens.py
 )
 

@@ -448,6 +448,18 @@ class LMDBStore:
         with env.env.begin() as txn:
             return searchindex.search_seq(txn, env.dbs)
 
+    def search_format(self, shard_number: int) -> int:
+        """The layout of shard ``shard_number``'s index records (searchindex.FORMAT when current)."""
+        env = self._shard_envs[shard_number]
+        with env.env.begin() as txn:
+            return searchindex.search_format(txn, env.dbs)
+
+    def reset_search_index(self, shard_number: int) -> Deferred:
+        """Empty shard ``shard_number``'s index in the current layout (searchindex.reset)."""
+        if not self._running:
+            return fail(StoreTemporaryError("mail store is not running"))
+        return self._submitters[shard_number].submit(searchindex.reset)
+
     def read_content(self, shard_number: int, blob_id: bytes) -> tuple[bytes, dict] | None:
         """``(message bytes, facts)`` of a blob of a shard, or None if it is gone."""
         env = self._shard_envs[shard_number]

@@ -1,6 +1,6 @@
 """The search index's records in a shard environment (kept for mailserverd.search).
 
-Three sub-databases (names in env.SHARD_DBS), all per user:
+Four sub-databases (names in env.SHARD_DBS), all per user:
 
 - ``searchmap``: (user id, mailbox id, uid) -> docno, and under uid 0 the
   mailbox's *indexed UID*: every message of the mailbox with a UID up to it
@@ -10,32 +10,57 @@ Three sub-databases (names in env.SHARD_DBS), all per user:
 - ``searchdocs``: (user id, docno) -> ``[mailbox id, uid, text]``, where
   ``text`` is what the search package stored for the message (opaque here);
   under docno 0 the user's next docno.
-- ``searchgrams``: (user id, gram, segment) -> the docnos ``segment *
-  SEGMENT_DOCS + n`` holding ``gram`` (a 3-byte string): a sorted array of
-  ``n`` (little-endian u16) when sparse, a bitmap of SEGMENT_DOCS bits when
-  that is smaller. Postings are written per batch (one read-modify-write per
-  gram and segment of the batch), never one put per gram per message.
+- ``searchterms`` (key = user id, then a kind byte):
 
-Removing a message deletes its map entry and doc; its postings stay (a
-posting naming a missing doc is skipped) until ``index rebuild``.
-The ``info`` key ``search_seq`` is the change-log position the index
-reflects, written in the same transaction as the index records.
+  - ``V`` + token -> its token id (u32; the vocabulary), ``I`` + id -> the
+    token, ``N`` -> the user's next token id. The empty token is id 0,
+    never stored.
+  - a class byte (the search package's, an ASCII letter) + token id + segment
+    -> the docnos ``segment * SEGMENT_DOCS + n`` whose text of that class has
+    that token: a *posting*, a sorted array of ``n`` (little-endian u16) when
+    sparse, a bitmap of SEGMENT_DOCS bits when that is smaller.
+  - ``S`` + segment -> the *segment map*: for each docno of the segment, its
+    mailbox id and uid (two u32 arrays; 0, 0 for none or removed), so that a
+    posting turns into messages without reading any doc.
+- ``searchgrams``: (user id, gram, segment) -> the token ids holding the
+  3-byte ``gram`` (postings as above, over token ids): how a needle finds the
+  tokens it is part of.
+
+Postings are written per batch (one read-modify-write per key of the
+batch), never one put per token per message. Removing a message deletes its
+map entry and doc and clears its segment-map slot; its postings stay (a
+posting naming a cleared slot is skipped).
+
+The ``info`` keys: ``search_seq`` is the change-log position the index
+reflects, written in the same transaction as the index records;
+``search_format`` the layout above (:data:`FORMAT`). An index of another
+layout answers nothing (every mailbox reads as unindexed, so searches scan)
+until :func:`reset` empties it for the indexer to rebuild from the log.
 """
 
 from __future__ import annotations
 
 import struct
 from array import array
+from operator import itemgetter
 from typing import Iterable, Iterator
 
 from mailserverd.store import keys, records, shard
 
 #: Docnos per posting segment (a format constant: changing it needs a rebuild).
 SEGMENT_DOCS = 4096
+#: The layout of the index records (this module's docstring).
+FORMAT = 2
 _BITMAP_BYTES = SEGMENT_DOCS // 8
 SEARCH_SEQ_KEY = b"search_seq"
+SEARCH_FORMAT_KEY = b"search_format"
 _GRAM_KEY = struct.Struct(">Q3sI")
+_USER = struct.Struct(">Q")
+_POSTING_KEY = struct.Struct(">QcII")  # user, class, token id, segment
+_VOCAB, _TOKEN, _NEXT_TOKEN, _SEGMENT_MAP = b"V", b"I", b"N", b"S"
+_ID = struct.Struct(">I")
 _SPARSE, _BITMAP = 0, 1
+SEARCH_DBS = ("searchmap", "searchdocs", "searchterms", "searchgrams")
 
 
 def _doc_key(user_id: int, docno: int) -> bytes:
@@ -46,9 +71,19 @@ def _map_key(user_id: int, mailbox_id: int, uid: int) -> bytes:
     return keys.message_key(user_id, mailbox_id, uid)
 
 
+def _terms_key(user_id: int, kind: bytes, rest: bytes = b"") -> bytes:
+    return _USER.pack(user_id) + kind + rest
+
+
 def search_seq(txn, dbs) -> int:
     """The change-log position the shard's index reflects (0: nothing indexed)."""
     data = txn.get(SEARCH_SEQ_KEY, db=dbs["info"])
+    return 0 if data is None else keys.read_u64(data)
+
+
+def search_format(txn, dbs) -> int:
+    """The layout the shard's index records have (0: none recorded, before FORMAT 2)."""
+    data = txn.get(SEARCH_FORMAT_KEY, db=dbs["info"])
     return 0 if data is None else keys.read_u64(data)
 
 
@@ -86,27 +121,132 @@ def bit_offsets(bits: int) -> list[int]:
 _BYTE_BITS = tuple(tuple(bit for bit in range(8) if value >> bit & 1) for value in range(256))
 
 
+def _merge_postings(w, db, postings: dict[bytes, list[int]]) -> None:
+    """Merge each key's new offsets (ascending) into its stored posting."""
+    for key, offsets in sorted(postings.items()):
+        stored = w.txn.get(key, db=db)
+        if stored is not None:
+            offsets = bit_offsets(posting_bits(stored) | posting_bits(encode_posting(offsets)))
+        w.txn.put(key, encode_posting(offsets), db=db)
+
+
 # ---------------------------------------------------------------- writing (writer thread)
 
 
-def apply_batch(w, upto_seq: int, docs: Iterable[tuple[int, int, int, bytes | None, Iterable[bytes]]],
+def reset(w) -> None:
+    """Empty the shard's whole index and record FORMAT: the indexer then follows
+    the change log from its start (a search scans what is not indexed yet)."""
+    for name in SEARCH_DBS:
+        w.txn.drop(w.dbs[name], delete=False)
+    w.txn.put(SEARCH_SEQ_KEY, keys.u64(0), db=w.dbs["info"])
+    w.txn.put(SEARCH_FORMAT_KEY, keys.u64(FORMAT), db=w.dbs["info"])
+
+
+class _Batch:
+    """The records one :func:`apply_batch` adds, gathered per key before writing."""
+
+    def __init__(self, w):
+        self.w = w
+        self.next_docnos: dict[int, int] = {}
+        self.token_ids: dict[tuple[int, bytes], int] = {}
+        self.next_ids: dict[int, int] = {}
+        self.postings: dict[bytes, list[int]] = {}
+        self.gram_postings: dict[bytes, list[int]] = {}
+        self.slots: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+
+    def docno(self, user_id: int) -> int:
+        if user_id not in self.next_docnos:
+            data = self.w.txn.get(_doc_key(user_id, 0), db=self.w.dbs["searchdocs"])
+            self.next_docnos[user_id] = 1 if data is None else keys.read_u64(data)
+        docno = self.next_docnos[user_id]
+        self.next_docnos[user_id] = docno + 1
+        return docno
+
+    def token_id(self, user_id: int, token: bytes) -> int:
+        """The token's id, added to the vocabulary (and its grams) if new."""
+        if not token:
+            return 0
+        known = self.token_ids.get((user_id, token))
+        if known is not None:
+            return known
+        db = self.w.dbs["searchterms"]
+        data = self.w.txn.get(_terms_key(user_id, _VOCAB, token), db=db)
+        if data is not None:
+            token_id = _ID.unpack(data)[0]
+        else:
+            if user_id not in self.next_ids:
+                stored = self.w.txn.get(_terms_key(user_id, _NEXT_TOKEN), db=db)
+                self.next_ids[user_id] = 1 if stored is None else _ID.unpack(stored)[0]
+            token_id = self.next_ids[user_id]
+            self.next_ids[user_id] = token_id + 1
+            self.w.txn.put(_terms_key(user_id, _VOCAB, token), _ID.pack(token_id), db=db)
+            self.w.txn.put(_terms_key(user_id, _TOKEN, _ID.pack(token_id)), token, db=db)
+            segment, offset = divmod(token_id, SEGMENT_DOCS)
+            for gram in {token[index:index + 3] for index in range(len(token) - 2)}:
+                self.gram_postings.setdefault(_GRAM_KEY.pack(user_id, gram, segment), []).append(offset)
+        self.token_ids[(user_id, token)] = token_id
+        return token_id
+
+    def add(self, user_id: int, mailbox_id: int, uid: int, text: bytes, terms: dict) -> None:
+        docno = self.docno(user_id)
+        dbs = self.w.dbs
+        self.w.txn.put(_doc_key(user_id, docno), records.pack([mailbox_id, uid, text]), db=dbs["searchdocs"])
+        self.w.txn.put(_map_key(user_id, mailbox_id, uid), keys.u64(docno), db=dbs["searchmap"])
+        segment, offset = divmod(docno, SEGMENT_DOCS)
+        self.slots.setdefault((user_id, segment), []).append((offset, mailbox_id, uid))
+        for name, tokens in terms.items():
+            kind = name.encode("ascii")
+            for token in tokens:
+                key = _POSTING_KEY.pack(user_id, kind, self.token_id(user_id, token), segment)
+                self.postings.setdefault(key, []).append(offset)
+
+    def write(self) -> None:
+        w, db = self.w, self.w.dbs["searchterms"]
+        for user_id, docno in self.next_docnos.items():
+            w.txn.put(_doc_key(user_id, 0), keys.u64(docno), db=w.dbs["searchdocs"])
+        for user_id, token_id in self.next_ids.items():
+            w.txn.put(_terms_key(user_id, _NEXT_TOKEN), _ID.pack(token_id), db=db)
+        _merge_postings(w, db, self.postings)
+        _merge_postings(w, w.dbs["searchgrams"], self.gram_postings)
+        for (user_id, segment), slots in self.slots.items():
+            mailboxes, uids = _read_segment_map(w.txn, w.dbs, user_id, segment)
+            for offset, mailbox_id, uid in slots:
+                mailboxes[offset], uids[offset] = mailbox_id, uid
+            _write_segment_map(w, user_id, segment, mailboxes, uids)
+
+
+def _read_segment_map(txn, dbs, user_id: int, segment: int) -> tuple[array, array]:
+    data = txn.get(_terms_key(user_id, _SEGMENT_MAP, _ID.pack(segment)), db=dbs["searchterms"])
+    if data is None:
+        return array("I", bytes(4 * SEGMENT_DOCS)), array("I", bytes(4 * SEGMENT_DOCS))
+    data = bytes(data)
+    half = 4 * SEGMENT_DOCS
+    return array("I", data[:half]), array("I", data[half:])
+
+
+def _write_segment_map(w, user_id: int, segment: int, mailboxes: array, uids: array) -> None:
+    w.txn.put(_terms_key(user_id, _SEGMENT_MAP, _ID.pack(segment)),
+              mailboxes.tobytes() + uids.tobytes(), db=w.dbs["searchterms"])
+
+
+def apply_batch(w, upto_seq: int, docs: Iterable[tuple[int, int, int, bytes | None, dict]],
                 removals: Iterable[tuple[int, int | None, list[int] | None]]) -> int:
     """Write one indexing batch and move ``search_seq`` to ``upto_seq``; returns docs written.
 
     ``removals`` (applied first, in order) are ``(user, mailbox, uids)``:
     those messages' docs, or with ``uids`` None the whole mailbox's, or with
     ``mailbox`` None the whole user's index. ``docs`` are ``(user, mailbox,
-    uid, text, grams)`` in change-log order; ``text`` None marks a message
-    gone before it was indexed (only the indexed UID moves). A doc at or
-    below its mailbox's indexed UID is skipped, so a batch may be replayed.
+    uid, text, terms)`` in change-log order, ``terms`` ``{class: [token,
+    ...]}``; ``text`` None marks a message gone before it was indexed (only
+    the indexed UID moves). A doc at or below its mailbox's indexed UID is
+    skipped, so a batch may be replayed. Mailbox ids and UIDs are below 2**32.
     """
     for user_id, mailbox_id, uids in removals:
         _remove(w, user_id, mailbox_id, uids)
-    postings: dict[tuple[int, bytes, int], list[int]] = {}
-    next_docnos: dict[int, int] = {}
+    batch = _Batch(w)
     indexed: dict[tuple[int, int], int] = {}
     written = 0
-    for user_id, mailbox_id, uid, text, grams in docs:
+    for user_id, mailbox_id, uid, text, terms in docs:
         box = (user_id, mailbox_id)
         if box not in indexed:
             indexed[box] = indexed_uid(w.txn, w.dbs, user_id, mailbox_id)
@@ -115,56 +255,43 @@ def apply_batch(w, upto_seq: int, docs: Iterable[tuple[int, int, int, bytes | No
         indexed[box] = uid
         if text is None:
             continue
-        if user_id not in next_docnos:
-            data = w.txn.get(_doc_key(user_id, 0), db=w.dbs["searchdocs"])
-            next_docnos[user_id] = 1 if data is None else keys.read_u64(data)
-        docno = next_docnos[user_id]
-        next_docnos[user_id] = docno + 1
-        w.txn.put(_doc_key(user_id, docno), records.pack([mailbox_id, uid, text]), db=w.dbs["searchdocs"])
-        w.txn.put(_map_key(user_id, mailbox_id, uid), keys.u64(docno), db=w.dbs["searchmap"])
-        segment, offset = divmod(docno, SEGMENT_DOCS)
-        for gram in grams:
-            postings.setdefault((user_id, gram, segment), []).append(offset)
+        batch.add(user_id, mailbox_id, uid, text, terms)
         written += 1
     for (user_id, mailbox_id), uid in indexed.items():
         w.txn.put(_map_key(user_id, mailbox_id, 0), keys.u64(uid), db=w.dbs["searchmap"])
-    for user_id, docno in next_docnos.items():
-        w.txn.put(_doc_key(user_id, 0), keys.u64(docno), db=w.dbs["searchdocs"])
-    _write_postings(w, postings)
+    batch.write()
     w.txn.put(SEARCH_SEQ_KEY, keys.u64(upto_seq), db=w.dbs["info"])
     return written
 
 
-def _write_postings(w, postings: dict[tuple[int, bytes, int], list[int]]) -> None:
-    """Merge each (user, gram, segment)'s new offsets into its stored posting."""
-    db = w.dbs["searchgrams"]
-    for (user_id, gram, segment), offsets in sorted(postings.items()):
-        key = _GRAM_KEY.pack(user_id, gram, segment)
-        stored = w.txn.get(key, db=db)
-        if stored is not None:
-            offsets = bit_offsets(posting_bits(stored) | posting_bits(encode_posting(offsets)))
-        w.txn.put(key, encode_posting(offsets), db=db)
-
-
 def _remove(w, user_id: int, mailbox_id: int | None, uids: list[int] | None) -> None:
-    """Delete the docs (and map entries) of some messages, a mailbox, or a user."""
+    """Delete the docs (map entries, segment-map slots) of some messages, a mailbox, or a user."""
     if mailbox_id is None:
         prefix = keys.user_prefix(user_id)
-        for name in ("searchmap", "searchdocs", "searchgrams"):
+        for name in SEARCH_DBS:
             shard.delete_range(w, name, prefix)
         return
     if uids is None:
         prefix = keys.mailbox_prefix(user_id, mailbox_id)
         entries = list(shard._scan(w.txn, w.dbs["searchmap"], prefix))
         uids = [keys.uid_from_message_key(key) for key, _ in entries]
+    cleared: dict[int, list[int]] = {}
     for uid in uids:
         if uid == 0:
             continue
         map_key = _map_key(user_id, mailbox_id, uid)
         docno = w.txn.get(map_key, db=w.dbs["searchmap"])
         if docno is not None:
-            w.txn.delete(_doc_key(user_id, keys.read_u64(docno)), db=w.dbs["searchdocs"])
+            docno = keys.read_u64(docno)
+            w.txn.delete(_doc_key(user_id, docno), db=w.dbs["searchdocs"])
             w.txn.delete(map_key, db=w.dbs["searchmap"])
+            segment, offset = divmod(docno, SEGMENT_DOCS)
+            cleared.setdefault(segment, []).append(offset)
+    for segment, offsets in cleared.items():
+        mailboxes, slot_uids = _read_segment_map(w.txn, w.dbs, user_id, segment)
+        for offset in offsets:
+            mailboxes[offset] = slot_uids[offset] = 0
+        _write_segment_map(w, user_id, segment, mailboxes, slot_uids)
 
 
 # ---------------------------------------------------------------- reading
@@ -176,6 +303,11 @@ def indexed_uid(txn, dbs, user_id: int, mailbox_id: int) -> int:
     return 0 if data is None else keys.read_u64(data)
 
 
+def _segments(txn, db, prefix: bytes) -> dict[int, int]:
+    """``{segment: bits}`` of the postings under ``prefix`` (keys ending in a u32 segment)."""
+    return {_ID.unpack(key[-4:])[0]: posting_bits(value) for key, value in shard._scan(txn, db, prefix)}
+
+
 class SearchIndexReader:
     """One user's index inside one read transaction (see :meth:`LMDBStore.read_search_index`)."""
 
@@ -183,16 +315,58 @@ class SearchIndexReader:
         self._txn = txn
         self._dbs = dbs
         self._user_id = user_id
+        self._current = search_format(txn, dbs) == FORMAT
+        self._maps: dict[int, tuple[array, array]] = {}
 
     def indexed_uid(self, mailbox_id: int) -> int:
-        """Every message of the mailbox with a UID up to this is indexed, none above."""
+        """Every message of the mailbox with a UID up to this is indexed, none above
+        (0 for an index of another layout: nothing in it is read)."""
+        if not self._current:
+            return 0
         return indexed_uid(self._txn, self._dbs, self._user_id, mailbox_id)
 
+    def token_id(self, token: bytes) -> int | None:
+        """The id of a token of the user's vocabulary (0 for the empty one), or None."""
+        if not token:
+            return 0
+        data = self._txn.get(_terms_key(self._user_id, _VOCAB, token), db=self._dbs["searchterms"])
+        return None if data is None else _ID.unpack(data)[0]
+
+    def token(self, token_id: int) -> bytes:
+        data = self._txn.get(_terms_key(self._user_id, _TOKEN, _ID.pack(token_id)), db=self._dbs["searchterms"])
+        return b"" if data is None else bytes(data)
+
+    def vocabulary(self) -> Iterator[tuple[bytes, int]]:
+        """``(token, id)`` of every token of the user's vocabulary."""
+        prefix = _terms_key(self._user_id, _VOCAB)
+        for key, value in shard._scan(self._txn, self._dbs["searchterms"], prefix):
+            yield bytes(key[len(prefix):]), _ID.unpack(value)[0]
+
     def gram_segments(self, gram: bytes) -> dict[int, int]:
-        """``{segment: bits}`` of the docs holding ``gram`` (see :func:`bit_offsets`)."""
-        prefix = _GRAM_KEY.pack(self._user_id, gram, 0)[:11]
-        return {_GRAM_KEY.unpack(key)[2]: posting_bits(value)
-                for key, value in shard._scan(self._txn, self._dbs["searchgrams"], prefix)}
+        """``{segment: bits}`` of the token ids holding ``gram`` (see :func:`bit_offsets`)."""
+        return _segments(self._txn, self._dbs["searchgrams"], _GRAM_KEY.pack(self._user_id, gram, 0)[:11])
+
+    def term_segments(self, name: str, token_id: int) -> dict[int, int]:
+        """``{segment: bits}`` of the docnos whose class ``name`` text has the token."""
+        prefix = _POSTING_KEY.pack(self._user_id, name.encode("ascii"), token_id, 0)[:-4]
+        return _segments(self._txn, self._dbs["searchterms"], prefix)
+
+    def messages(self, segment: int, offsets: list[int], mailbox_id: int) -> list[int]:
+        """The UIDs of the docnos ``segment * SEGMENT_DOCS + offset`` that are
+        messages of ``mailbox_id`` (removed docs and other mailboxes' left out)."""
+        if not offsets:
+            return []
+        segment_map = self._maps.get(segment)
+        if segment_map is None:
+            segment_map = self._maps[segment] = _read_segment_map(self._txn, self._dbs, self._user_id, segment)
+        mailboxes, uids = segment_map
+        pick = itemgetter(*offsets)
+        if len(offsets) == 1:
+            return [uids[offsets[0]]] if mailboxes[offsets[0]] == mailbox_id else []
+        owners, found = pick(mailboxes), pick(uids)
+        if owners.count(mailbox_id) == len(owners):
+            return list(found)
+        return [uid for owner, uid in zip(owners, found) if owner == mailbox_id]
 
     def doc(self, docno: int) -> tuple[int, int, bytes] | None:
         """``(mailbox id, uid, text)`` of a doc, or None if it was removed."""
@@ -212,8 +386,8 @@ class SearchIndexReader:
                 yield uid, keys.read_u64(value)
 
     def size(self) -> dict[str, int]:
-        """Stored bytes (keys and values) of this user's docs, postings and map."""
+        """Stored bytes (keys and values) of this user's index records, per sub-database."""
         prefix = keys.user_prefix(self._user_id)
         return {name: sum(len(key) + len(value) for key, value in
                           shard._scan(self._txn, self._dbs[name], prefix))
-                for name in ("searchdocs", "searchgrams", "searchmap")}
+                for name in SEARCH_DBS}

@@ -63,7 +63,8 @@ def run(session, command):
         raise responses.mail_error("NO", BADCHARSET, "Unsupported charset") from None
     reject_search_charset(session, request.charset)  # RFC 6855 §3
     saving = request.options is not None and "SAVE" in request.options
-    searched = run_search(session, mailbox, request.key)
+    with_modseq = search.uses_modseq(request.key)
+    searched = run_search(session, mailbox, request.key, records=with_modseq)
     if saving:
         searched.addErrback(_forget_saved, mailbox)
     return searched.addCallback(lambda found: _answer(session, command, mailbox, request, found))
@@ -76,12 +77,15 @@ def _forget_saved(failure, mailbox):
 
 
 def _answer(session, command, mailbox, request, found) -> Completion:
-    """Send the SEARCH or ESEARCH response for ``found`` and keep ``$`` if asked."""
-    numbers = [info.uid if command.uid else seq for seq, info in found]
+    """Send the SEARCH or ESEARCH response for ``found`` (``(seq, MessageInfo)``
+    after a MODSEQ search, else ``(seq, uid)``) and keep ``$`` if asked."""
     modseqs = None
     if search.uses_modseq(request.key):
         condstore.enable_condstore(session)  # RFC 7162 §3.1: a CONDSTORE-enabling command
         modseqs = [info.modseq for _, info in found]
+        found = [(seq, info.uid) for seq, info in found]
+    uids = [uid for _, uid in found]
+    numbers = uids if command.uid else [seq for seq, _ in found]
     options = request.options
     if options is None and "IMAP4REV2" in getattr(session, "enabled", ()):
         options = frozenset({"ALL"})  # RFC 9051 §6.4.4: SEARCH answers with ESEARCH
@@ -89,15 +93,16 @@ def _answer(session, command, mailbox, request, found) -> Completion:
         session.send(_search_response(numbers, modseqs))
         return Completion("Search completed")
     if "SAVE" in options:
-        _save(mailbox, _saved_selection(options, [info.uid for _, info in found]))
+        _save(mailbox, _saved_selection(options, uids))
     if options - {"SAVE"}:
         session.send(_esearch_response(command.tag, command.uid, options, numbers, modseqs))
     return Completion("Search completed")
 
 
-def run_search(session, mailbox, key, then=None):
+def run_search(session, mailbox, key, then=None, records: bool = True):
     """A Deferred firing with the ``(seq, MessageInfo)`` of the session's messages
-    that ``key`` matches, or with ``then(those)`` when ``then`` is given.
+    that ``key`` matches (``(seq, uid)`` when not ``records``), or with
+    ``then(those)`` when ``then`` is given.
 
     The session's sequence map decides which messages exist and their
     numbers (RFC 3501 §7.4.1), taken when the call is made; one expunged by
@@ -125,8 +130,10 @@ def run_search(session, mailbox, key, then=None):
     def work():
         if pool is None:
             found = _scan(key, mailbox_id, uids, scope)
+            if not records:
+                found = [(seq, info.uid) for seq, info in found]
         else:
-            found = search_indexed(key, mailbox_id, uids, scope, pool.direct_max)
+            found = search_indexed(key, mailbox_id, uids, scope, pool.direct_max, records)
         return found if then is None else then(found)
 
     return maybeDeferred(work) if pool is None else pool.run(work)
