@@ -9,7 +9,9 @@ stores:
   apart so that keys other than BODY and TEXT never decompress it);
 - ``terms``: for each *class* of text a key compares with (:data:`CLASSES`:
   each envelope field, the header, the body), the set of its *tokens*, the
-  maximal runs of word characters (``\\w``) of its normalised text, in UTF-8.
+  maximal runs of word characters (``\\w``) of its normalised text, in UTF-8;
+- ``pairs``: for each class, the pairs of tokens that follow each other
+  with exactly one space between them.
 
 Why tokens give exact answers (RFC 9051 §6.4.4 asks for substring matches,
 not word matches): a needle made only of word characters can occur in a
@@ -19,7 +21,10 @@ with no text read. A needle with other characters in it is split at them
 into its *runs* (:func:`needle_runs`); each run is a token of the text, or
 the start, the end or any part of one, depending on what surrounds it in
 the needle, so the texts with such tokens for every run are the candidates,
-and their stored text is checked.
+and their stored text is checked. Except for the commonest phrase, two runs
+with one space between them: the texts holding it are exactly those with a
+pair whose first token ends with the first run and whose second starts with
+the second, so the pairs answer it outright too.
 
 A class whose text is longer than ``search_text_max`` in all, or that has a
 token longer than :data:`TOKEN_MAX` bytes, also gets the empty token
@@ -46,6 +51,8 @@ TOKEN_MAX = 64
 GRAM = 3
 # A token: a maximal run of word characters (str.isalnum or "_") of normalised text.
 _TOKEN = re.compile(r"\w+")
+# What lies between tokens (captured: re.split keeps it).
+_SEPARATORS = re.compile(r"(\W+)")
 # The stored text: this byte, then msgpack [envelope and fields, zlib(body)].
 _SPLIT_FORMAT = b"\x02"
 
@@ -58,19 +65,30 @@ def grams_of(data: bytes) -> set[bytes]:
     return {data[index:index + GRAM] for index in range(len(data) - GRAM + 1)}
 
 
-def _tokens(text: str) -> list[bytes]:
-    """The distinct tokens of ``text`` (normalised), with UNTOKENISED if one is too long."""
-    tokens = {token.encode("utf-8", "surrogatepass") for token in set(_TOKEN.findall(text))}
+def _terms(text: str) -> tuple[list[bytes], list[list[bytes]]]:
+    """The distinct tokens of ``text`` (normalised), with UNTOKENISED if one is too
+    long, and the distinct pairs of tokens with one space between them."""
+    parts = _SEPARATORS.split(text)  # word, separator, word, ... (empty words at the ends)
+    words, separators = parts[0::2], parts[1::2]
+    encoded = {word: word.encode("utf-8", "surrogatepass") for word in set(words) if word}
+    tokens = set(encoded.values())
     if any(len(token) > TOKEN_MAX for token in tokens):
         tokens = {token for token in tokens if len(token) <= TOKEN_MAX}
         tokens.add(UNTOKENISED)
-    return sorted(tokens)
+    pairs = []
+    for first, separator, second in set(zip(words, separators, words[1:])):
+        if separator == " " and first and second:
+            pair = [encoded[first], encoded[second]]
+            if len(pair[0]) <= TOKEN_MAX and len(pair[1]) <= TOKEN_MAX:
+                pairs.append(pair)
+    return sorted(tokens), pairs
 
 
-def index_entry(raw: bytes, facts: dict, text_max: int) -> tuple[bytes, dict[str, list[bytes]]]:
-    """``(stored text, terms)`` of one message (see the module docstring): ``terms``
-    maps each class of :data:`CLASSES` to its tokens. Never raises for broken MIME
-    (the text extraction does not)."""
+def index_entry(raw: bytes, facts: dict, text_max: int) -> tuple[bytes, dict[str, list], dict[str, list]]:
+    """``(stored text, terms, pairs)`` of one message (see the module docstring):
+    ``terms`` maps each class of :data:`CLASSES` to its tokens, ``pairs`` to its
+    ``[first, second]`` token pairs. Never raises for broken MIME (the text
+    extraction does not)."""
     text = MessageText(lambda: raw, lambda: facts)
     doc = text.document()
     body = doc.pop("body")
@@ -80,8 +98,11 @@ def index_entry(raw: bytes, facts: dict, text_max: int) -> tuple[bytes, dict[str
     texts[CLASSES["header"]] = text.header()
     texts[CLASSES["body"]] = body
     if sum(len(part) for part in texts.values()) > text_max:
-        return stored, {name: [UNTOKENISED] for name in texts}
-    return stored, {name: _tokens(part) for name, part in texts.items()}
+        return stored, {name: [UNTOKENISED] for name in texts}, {}
+    terms, pairs = {}, {}
+    for name, part in texts.items():
+        terms[name], pairs[name] = _terms(part)
+    return stored, terms, pairs
 
 
 def index_entry_wire(raw: bytes, facts: dict, text_max: int) -> list:
@@ -89,10 +110,10 @@ def index_entry_wire(raw: bytes, facts: dict, text_max: int) -> list:
     return list(index_entry(raw, facts, text_max))
 
 
-def entry_from_wire(reply: list) -> tuple[bytes, dict[str, list[bytes]]]:
-    """The ``(stored text, terms)`` of an :func:`index_entry_wire` reply."""
-    stored, terms = reply
-    return bytes(stored), {name: [bytes(token) for token in tokens] for name, tokens in terms.items()}
+def entry_from_wire(reply: list) -> tuple[bytes, dict[str, list], dict[str, list]]:
+    """The ``(stored text, terms, pairs)`` of an :func:`index_entry_wire` reply."""
+    stored, terms, pairs = reply
+    return bytes(stored), terms, pairs
 
 
 def stored_text(stored: bytes) -> StoredText:

@@ -62,7 +62,7 @@ def _add_change(store, shard_number, change, text_max, entry, docs, removals, pe
         for uid, blob_id in zip(data["uids"], data["blob_ids"]):
             if blob_id not in contents:
                 content = store.read_content(shard_number, blob_id)
-                extracted = (None, ()) if content is None else entry(content[0], content[1], text_max)
+                extracted = (None, {}, {}) if content is None else entry(content[0], content[1], text_max)
                 contents[blob_id] = extracted
             doc = [user_id, mailbox_id, uid, *contents[blob_id]]
             docs.append(doc)
@@ -71,13 +71,13 @@ def _add_change(store, shard_number, change, text_max, entry, docs, removals, pe
         waiting = pending.get(box, {})
         for uid in data["uids"]:
             if uid in waiting:
-                waiting[uid][3:] = [None, ()]  # gone before it was indexed
+                waiting[uid][3:] = [None, {}, {}]  # gone before it was indexed
         removals.append((user_id, mailbox_id, list(data["uids"])))
     elif change.kind in ("mailbox-delete", "account-delete"):
         for (user, mailbox), waiting in pending.items():
             if user == user_id and (change.kind == "account-delete" or mailbox == mailbox_id):
                 for doc in waiting.values():
-                    doc[3:] = [None, ()]
+                    doc[3:] = [None, {}, {}]
         removals.append((user_id, mailbox_id if change.kind == "mailbox-delete" else None, None))
 
 

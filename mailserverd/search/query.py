@@ -10,7 +10,8 @@ message at a time:
   character; an OR evaluates its right side only over what its left side did
   not take, a NOT over its complement;
 - a text key whose string is one run of word characters is answered by the
-  postings of the tokens that contain it (:mod:`mailserverd.search.index`
+  postings of the tokens that contain it, one of two runs with a space
+  between by those of the token pairs that fit (:mod:`mailserverd.search.index`
   says why that is exactly the RFC 9051 §6.4.4 substring match); any other
   text key takes the docs whose tokens fit each run of its string, then
   checks each candidate's stored text with the scan's own evaluator, so no
@@ -34,6 +35,8 @@ from mailserverd.store.searchindex import SEGMENT_DOCS, bit_offsets
 _TEXT_KEYS = (search.EnvelopeText, search.HeaderText, search.BodyText, search.AnyText)
 # How many results are looked up one by one before all records are read at once.
 _RESULT_LOOKUPS_MAX = 1000
+# Most token pairs a two-word string reads before its candidates are checked instead.
+_PAIRS_MAX = 2000
 # Plan order: answered by the vocabulary, narrowed by it, record keys, unnarrowed text.
 _ANSWERED, _NARROWED, _RECORD, _UNNARROWED = 0, 1, 2, 3
 
@@ -50,10 +53,15 @@ def key_classes(key: search.Key) -> tuple[str, ...]:
 
 
 def answered_by_tokens(key: search.Key) -> bool:
-    """Whether the vocabulary alone answers ``key`` (one run of word characters;
-    HEADER also needs the field's name, so its candidates are always checked)."""
+    """Whether the postings alone answer ``key``: one run of word characters, or
+    two with one space between them (index.py). HEADER also needs the field's
+    name, so its candidates are always checked."""
+    if isinstance(key, search.HeaderText):
+        return False
     runs = needle_runs(key.needle)
-    return not isinstance(key, search.HeaderText) and len(runs) == 1 and runs[0][1] == CONTAINS
+    if len(runs) == 1:
+        return runs[0][1] == CONTAINS
+    return len(runs) == 2 and runs[0][0] + b" " + runs[1][0] == key.needle.encode("utf-8", "surrogatepass")
 
 
 class _Stored:
@@ -156,12 +164,8 @@ class _Plan:
         if not runs or len(head) <= self.direct_max:
             return found | self.check(key, head)
         classes = key_classes(key)
-        if answered_by_tokens(key):
-            ids = self.token_ids(*runs[0])
-            matched: dict[int, int] = {}
-            for name in classes:
-                for token_id in ids:
-                    _union(matched, self.reader.term_segments(name, token_id))
+        matched = self.answer(classes, runs) if answered_by_tokens(key) else None
+        if matched is not None:
             found |= head.intersection(self.uids_of(matched))
             unsure = self.untokenised(classes)
             return found | self.check(key, head.intersection(self.uids_of(unsure)) - found)
@@ -169,6 +173,25 @@ class _Plan:
         for name in classes:
             _union(candidates, self.fitting(name, runs))
         return found | self.check(key, head.intersection(self.uids_of(candidates)))
+
+    def answer(self, classes: tuple[str, ...], runs: list[tuple[bytes, str]]) -> dict[int, int] | None:
+        """``{segment: bits}`` of the docs holding one run (its tokens' postings) or
+        two with a space between (their pairs' postings); None when the pairs to
+        read would be more than ``_PAIRS_MAX``: then candidates are checked."""
+        matched: dict[int, int] = {}
+        if len(runs) == 1:
+            for name in classes:
+                for token_id in self.token_ids(*runs[0]):
+                    _union(matched, self.reader.term_segments(name, token_id))
+            return matched
+        firsts, seconds = self.token_ids(*runs[0]), self.token_ids(*runs[1])
+        if len(firsts) * len(seconds) > _PAIRS_MAX:
+            return None
+        for name in classes:
+            for first in firsts:
+                for second in seconds:
+                    _union(matched, self.reader.pair_segments(name, first, second))
+        return matched
 
     def check(self, key: search.Key, uids: set[int]) -> set[int]:
         """The UIDs of ``uids`` (indexed) whose stored text matches ``key``."""

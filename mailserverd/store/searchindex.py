@@ -19,6 +19,8 @@ Four sub-databases (names in env.SHARD_DBS), all per user:
     -> the docnos ``segment * SEGMENT_DOCS + n`` whose text of that class has
     that token: a *posting*, a sorted array of ``n`` (little-endian u16) when
     sparse, a bitmap of SEGMENT_DOCS bits when that is smaller.
+  - the class byte + 0x80, two token ids, a segment -> the posting of the docs
+    whose text of that class has that pair of tokens (see the search package).
   - ``S`` + segment -> the *segment map*: for each docno of the segment, its
     mailbox id and uid (two u32 arrays; 0, 0 for none or removed), so that a
     posting turns into messages without reading any doc.
@@ -57,6 +59,7 @@ SEARCH_FORMAT_KEY = b"search_format"
 _GRAM_KEY = struct.Struct(">Q3sI")
 _USER = struct.Struct(">Q")
 _POSTING_KEY = struct.Struct(">QcII")  # user, class, token id, segment
+_PAIR_KEY = struct.Struct(">QcIII")  # user, class | 0x80, first token id, second, segment
 _VOCAB, _TOKEN, _NEXT_TOKEN, _SEGMENT_MAP = b"V", b"I", b"N", b"S"
 _ID = struct.Struct(">I")
 _SPARSE, _BITMAP = 0, 1
@@ -150,7 +153,7 @@ class _Batch:
         self.next_docnos: dict[int, int] = {}
         self.token_ids: dict[tuple[int, bytes], int] = {}
         self.next_ids: dict[int, int] = {}
-        self.postings: dict[bytes, list[int]] = {}
+        self.postings: dict[tuple, list[int]] = {}  # key fields -> offsets, packed when written
         self.gram_postings: dict[bytes, list[int]] = {}
         self.slots: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
 
@@ -187,18 +190,22 @@ class _Batch:
         self.token_ids[(user_id, token)] = token_id
         return token_id
 
-    def add(self, user_id: int, mailbox_id: int, uid: int, text: bytes, terms: dict) -> None:
+    def add(self, user_id: int, mailbox_id: int, uid: int, text: bytes, terms: dict, pairs: dict) -> None:
         docno = self.docno(user_id)
         dbs = self.w.dbs
         self.w.txn.put(_doc_key(user_id, docno), records.pack([mailbox_id, uid, text]), db=dbs["searchdocs"])
         self.w.txn.put(_map_key(user_id, mailbox_id, uid), keys.u64(docno), db=dbs["searchmap"])
         segment, offset = divmod(docno, SEGMENT_DOCS)
         self.slots.setdefault((user_id, segment), []).append((offset, mailbox_id, uid))
+        postings = self.postings
         for name, tokens in terms.items():
+            ids = {token: self.token_id(user_id, token) for token in tokens}
             kind = name.encode("ascii")
-            for token in tokens:
-                key = _POSTING_KEY.pack(user_id, kind, self.token_id(user_id, token), segment)
-                self.postings.setdefault(key, []).append(offset)
+            for token_id in ids.values():
+                postings.setdefault((user_id, kind, token_id, segment), []).append(offset)
+            kind = pair_kind(name)
+            for first, second in pairs.get(name, ()):
+                postings.setdefault((user_id, kind, ids[first], ids[second], segment), []).append(offset)
 
     def write(self) -> None:
         w, db = self.w, self.w.dbs["searchterms"]
@@ -206,7 +213,8 @@ class _Batch:
             w.txn.put(_doc_key(user_id, 0), keys.u64(docno), db=w.dbs["searchdocs"])
         for user_id, token_id in self.next_ids.items():
             w.txn.put(_terms_key(user_id, _NEXT_TOKEN), _ID.pack(token_id), db=db)
-        _merge_postings(w, db, self.postings)
+        _merge_postings(w, db, {(_POSTING_KEY if len(key) == 4 else _PAIR_KEY).pack(*key): offsets
+                                for key, offsets in self.postings.items()})
         _merge_postings(w, w.dbs["searchgrams"], self.gram_postings)
         for (user_id, segment), slots in self.slots.items():
             mailboxes, uids = _read_segment_map(w.txn, w.dbs, user_id, segment)
@@ -229,16 +237,22 @@ def _write_segment_map(w, user_id: int, segment: int, mailboxes: array, uids: ar
               mailboxes.tobytes() + uids.tobytes(), db=w.dbs["searchterms"])
 
 
-def apply_batch(w, upto_seq: int, docs: Iterable[tuple[int, int, int, bytes | None, dict]],
+def pair_kind(name: str) -> bytes:
+    """The key byte of the pair postings of class ``name``."""
+    return bytes((ord(name) | 0x80,))
+
+
+def apply_batch(w, upto_seq: int, docs: Iterable[tuple[int, int, int, bytes | None, dict, dict]],
                 removals: Iterable[tuple[int, int | None, list[int] | None]]) -> int:
     """Write one indexing batch and move ``search_seq`` to ``upto_seq``; returns docs written.
 
     ``removals`` (applied first, in order) are ``(user, mailbox, uids)``:
     those messages' docs, or with ``uids`` None the whole mailbox's, or with
     ``mailbox`` None the whole user's index. ``docs`` are ``(user, mailbox,
-    uid, text, terms)`` in change-log order, ``terms`` ``{class: [token,
-    ...]}``; ``text`` None marks a message gone before it was indexed (only
-    the indexed UID moves). A doc at or below its mailbox's indexed UID is
+    uid, text, terms, pairs)`` in change-log order, ``terms`` ``{class:
+    [token, ...]}``, ``pairs`` ``{class: [[first, second], ...]}``; ``text``
+    None marks a message gone before it was indexed (only the indexed UID
+    moves). A doc at or below its mailbox's indexed UID is
     skipped, so a batch may be replayed. Mailbox ids and UIDs are below 2**32.
     """
     for user_id, mailbox_id, uids in removals:
@@ -246,7 +260,7 @@ def apply_batch(w, upto_seq: int, docs: Iterable[tuple[int, int, int, bytes | No
     batch = _Batch(w)
     indexed: dict[tuple[int, int], int] = {}
     written = 0
-    for user_id, mailbox_id, uid, text, terms in docs:
+    for user_id, mailbox_id, uid, text, terms, pairs in docs:
         box = (user_id, mailbox_id)
         if box not in indexed:
             indexed[box] = indexed_uid(w.txn, w.dbs, user_id, mailbox_id)
@@ -255,7 +269,7 @@ def apply_batch(w, upto_seq: int, docs: Iterable[tuple[int, int, int, bytes | No
         indexed[box] = uid
         if text is None:
             continue
-        batch.add(user_id, mailbox_id, uid, text, terms)
+        batch.add(user_id, mailbox_id, uid, text, terms, pairs)
         written += 1
     for (user_id, mailbox_id), uid in indexed.items():
         w.txn.put(_map_key(user_id, mailbox_id, 0), keys.u64(uid), db=w.dbs["searchmap"])
@@ -349,6 +363,11 @@ class SearchIndexReader:
     def term_segments(self, name: str, token_id: int) -> dict[int, int]:
         """``{segment: bits}`` of the docnos whose class ``name`` text has the token."""
         prefix = _POSTING_KEY.pack(self._user_id, name.encode("ascii"), token_id, 0)[:-4]
+        return _segments(self._txn, self._dbs["searchterms"], prefix)
+
+    def pair_segments(self, name: str, first_id: int, second_id: int) -> dict[int, int]:
+        """``{segment: bits}`` of the docnos whose class ``name`` text has the pair."""
+        prefix = _PAIR_KEY.pack(self._user_id, pair_kind(name), first_id, second_id, 0)[:-4]
         return _segments(self._txn, self._dbs["searchterms"], prefix)
 
     def messages(self, segment: int, offsets: list[int], mailbox_id: int) -> list[int]:

@@ -172,18 +172,21 @@ def test_random_programs_agree(corpus):
 
 
 @given(st.text(alphabet="ab \u00e9_-.\n", max_size=40), st.text(alphabet="ab \u00e9_-.", min_size=1, max_size=6))
-@settings(max_examples=1000)
+@settings(max_examples=3000)
 def test_tokens_hold_every_match_and_answer_single_runs_exactly(text, needle):
     raw = b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + text.encode()
     facts = compute_facts(raw)
-    _, terms = index_entry(raw, facts, MIB)
+    _, terms, pairs = index_entry(raw, facts, MIB)
     text, needle = MessageText(lambda: raw, lambda: facts).body(), normalise(needle)
-    tokens = terms[CLASSES["body"]]
+    tokens, pairs = terms[CLASSES["body"]], pairs[CLASSES["body"]]
     runs = needle_runs(needle)
     if needle in text:
         assert all(any(token_fits(token, run, mode) for token in tokens) for run, mode in runs)
     if len(runs) == 1 and runs[0][1] == CONTAINS:
         assert (needle in text) == any(token_fits(token, *runs[0]) for token in tokens)
+    if len(runs) == 2 and runs[0][0] + b" " + runs[1][0] == needle.encode():
+        assert (needle in text) == any(token_fits(first, *runs[0]) and token_fits(second, *runs[1])
+                                       for first, second in pairs)
 
 
 @pytest.fixture
