@@ -33,7 +33,8 @@ class CommandError(Exception):
 # --------------------------------------------------------------------------- helpers
 
 
-def _load(args) -> "Config":  # noqa: F821 - imported lazily to keep `--help` fast
+def load(args) -> "Config":  # noqa: F821 - imported lazily to keep `--help` fast
+    """The config a command's ``-c FILE`` names (or the default one). Raises ConfigError."""
     from mailserverd.config import default_config_path, load_config
 
     return load_config(default_config_path(args.config))
@@ -64,7 +65,7 @@ def _credentials(config, password: str):
     )
 
 
-def _with_store(config, work: Callable) -> int:
+def with_store(config, work: Callable) -> int:
     """Open the store, run ``work(store)`` (which may return a Deferred), close it.
 
     Runs a reactor for the store's writer threads; returns the exit status.
@@ -117,13 +118,13 @@ def _describe(exc: Exception) -> str:
 
 
 def cmd_check_config(args) -> int:
-    config = _load(args)
+    config = load(args)
     print(f"{config.path or 'config'}: OK ({len(config.listeners)} listeners)")
     return 0
 
 
 def cmd_serve(args) -> int:
-    config = _load(args)
+    config = load(args)
     return run_server(config, log_format=args.log_format)
 
 
@@ -229,7 +230,7 @@ def cmd_dev(args) -> int:
 
 
 def cmd_domain(args) -> int:
-    config = _load(args)
+    config = load(args)
 
     def work(store):
         if args.action == "add":
@@ -240,13 +241,13 @@ def cmd_domain(args) -> int:
             print(domain.name)
         return None
 
-    return _with_store(config, work)
+    return with_store(config, work)
 
 
 def cmd_user(args) -> int:
     from mailserverd.mail.address import canonical, parse_address
 
-    config = _load(args)
+    config = load(args)
     password = _read_password(args) if args.action in ("add", "passwd") else None
 
     def work(store):
@@ -266,11 +267,11 @@ def cmd_user(args) -> int:
             print(f"{user.address}\tshard={user.shard}\tquota={quota}")
         return None
 
-    return _with_store(config, work)
+    return with_store(config, work)
 
 
 def cmd_alias(args) -> int:
-    config = _load(args)
+    config = load(args)
 
     def work(store):
         if args.action == "add":
@@ -284,7 +285,7 @@ def cmd_alias(args) -> int:
             print(f"{alias.address}\t{', '.join(alias.targets)}")
         return None
 
-    return _with_store(config, work)
+    return with_store(config, work)
 
 
 # --------------------------------------------------------------------------- parser
@@ -360,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mailserverd.cli_spam import add_parser as add_spam_parser  # spam train, stats
 
     add_spam_parser(sub, common)
+    from mailserverd.cli_index import add_parser as add_index_parser  # index status, rebuild
+
+    add_index_parser(sub, common)
     return parser
 
 

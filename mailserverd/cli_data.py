@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import sys
 
-from mailserverd.cli import CommandError, _load, _with_store
+from mailserverd.cli import CommandError, load, with_store
 
 #: Seconds before a progress bar is shown (quick runs show none).
 PROGRESS_DELAY = 0.5
 
 
-def _progress(total: int | None, unit: str, what: str):
+def progress_bar(total: int | None, unit: str, what: str):
+    """A tqdm bar on standard error, shown only on a terminal and after PROGRESS_DELAY."""
     from tqdm import tqdm
 
     return tqdm(total=total, unit=unit, unit_scale=unit == "B", unit_divisor=1024 if unit == "B" else 1000,
@@ -28,7 +29,7 @@ def _progress(total: int | None, unit: str, what: str):
 def _data_dir(args) -> str:
     if getattr(args, "data_dir", None):
         return os.path.abspath(args.data_dir)
-    return str(_load(args).server.data_dir)
+    return str(load(args).server.data_dir)
 
 
 def _store_size(data_dir: str) -> int:
@@ -43,7 +44,7 @@ def cmd_backup(args) -> int:
     from mailserverd.store.errors import StoreError
 
     data_dir = _data_dir(args)
-    with _progress(_store_size(data_dir), "B", "backup") as bar:
+    with progress_bar(_store_size(data_dir), "B", "backup") as bar:
         try:
             manifest = backup_store(data_dir, args.dir, bar.update)
         except StoreError as exc:
@@ -62,7 +63,7 @@ def cmd_restore(args) -> int:
     data_dir = _data_dir(args)
     try:
         total = sum(entry["size"] for entry in read_manifest(args.dir)["environments"])
-        with _progress(total, "B", "restore") as bar:
+        with progress_bar(total, "B", "restore") as bar:
             manifest = restore_store(args.dir, data_dir, bar.update)
     except StoreError as exc:
         raise CommandError(str(exc)) from None
@@ -76,7 +77,7 @@ def cmd_fsck(args) -> int:
     from mailserverd.store.fsck import check_store
 
     data_dir = _data_dir(args)
-    with _progress(_store_size(data_dir) if args.content else None, "B", "fsck") as bar:
+    with progress_bar(_store_size(data_dir) if args.content else None, "B", "fsck") as bar:
         try:
             report = check_store(data_dir, verify_content=args.content, progress=bar.update)
         except StoreError as exc:
@@ -91,7 +92,8 @@ def cmd_fsck(args) -> int:
     return 1 if report.problems else 0
 
 
-def _account(store, address: str) -> str:
+def account_address(store, address: str) -> str:
+    """The stored address of an account given as typed; CommandError if there is none."""
     from mailserverd.mail.address import canonical
 
     user = store.get_user(canonical(address))
@@ -104,11 +106,11 @@ def cmd_export(args) -> int:
     from mailserverd.migration.common import MigrationError
     from mailserverd.migration.transfer import count_messages, export_account
 
-    config = _load(args)
+    config = load(args)
 
     def work(store):
-        user = _account(store, args.user)
-        with _progress(count_messages(store, user), "msg", "export") as bar:
+        user = account_address(store, args.user)
+        with progress_bar(count_messages(store, user), "msg", "export") as bar:
             try:
                 result = export_account(store, user, args.dir, bar.update)
             except MigrationError as exc:
@@ -118,11 +120,11 @@ def cmd_export(args) -> int:
         print(f"exported {result.done} messages in {result.mailboxes} mailboxes of {user} "
               f"to {os.path.abspath(args.dir)} (Maildir++){note}")
 
-    return _with_store(config, work)
+    return with_store(config, work)
 
 
 def cmd_import(args) -> int:
-    config = _load(args)
+    config = load(args)
     if args.format == "maildir":
         folders, warnings, source = _maildir_source(args.path)
     else:
@@ -132,8 +134,8 @@ def cmd_import(args) -> int:
         from mailserverd.migration.common import MigrationError
         from mailserverd.migration.transfer import import_folders
 
-        user = _account(store, args.user)
-        bar = _progress(sum(len(f.items) for f in folders), "msg", "import")
+        user = account_address(store, args.user)
+        bar = progress_bar(sum(len(f.items) for f in folders), "msg", "import")
         done = import_folders(store, user, folders, config.limits.import_batch_max,
                               config.limits.message_size_max, bar.update)
 
@@ -152,7 +154,7 @@ def cmd_import(args) -> int:
         return done.addCallbacks(finished, stopped)
 
     try:
-        return _with_store(config, work)
+        return with_store(config, work)
     finally:
         if source is not None:
             source.close()

@@ -17,10 +17,10 @@ def _key_doc(key) -> dict:
 
 
 def cmd_dkim(args) -> int:
-    from mailserverd.cli import CommandError, _load, _with_store
+    from mailserverd.cli import CommandError, load, with_store
     from mailserverd.queue import dkimsign
 
-    config = _load(args)
+    config = load(args)
     data_dir = str(config.server.data_dir)
     if args.action == "list":
         try:
@@ -49,7 +49,7 @@ def cmd_dkim(args) -> int:
             print(f"; publish this record in the DNS zone of {domain}:")
             print(key.zone_line())
 
-    return _with_store(config, work)
+    return with_store(config, work)
 
 
 def add_parser(sub, common) -> None:

@@ -70,12 +70,12 @@ def _change(store, action: str, queue_id: str | None) -> int:
 
 
 def cmd_queue(args) -> int:
-    from mailserverd.cli import CommandError, _load
+    from mailserverd.cli import CommandError, load
     from mailserverd.store.errors import NotFound
     from mailserverd.store.lmdbstore import call_directly
     from mailserverd.store.queuestore import QueueStore
 
-    config = _load(args)
+    config = load(args)
     store = QueueStore.open(str(config.server.data_dir), config.limits, fire=call_directly)
     try:
         if args.action in _DONE:

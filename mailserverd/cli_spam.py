@@ -85,11 +85,11 @@ def _stats(store, user: str, training_min: int) -> dict:
 
 
 def cmd_spam(args) -> int:
-    from mailserverd.cli import CommandError, _load, _with_store
+    from mailserverd.cli import CommandError, load, with_store
 
     from mailserverd.mail.address import AddressError, canonical
 
-    config = _load(args)
+    config = load(args)
     try:
         user = canonical(args.user)
     except AddressError:
@@ -121,7 +121,7 @@ def cmd_spam(args) -> int:
         print(f"{user}: trained on {seen['spam']} spam and {seen['ham']} ham messages "
               f"({changed} new to the model)")
 
-    return _with_store(config, work)
+    return with_store(config, work)
 
 
 def add_parser(sub, common) -> None:

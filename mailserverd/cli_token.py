@@ -13,12 +13,12 @@ import time
 
 
 def cmd_token(args) -> int:
-    from mailserverd.cli import CommandError, _load, _with_store
+    from mailserverd.cli import CommandError, load, with_store
     from mailserverd.mail.address import AddressError, canonical, parse_address
     from mailserverd.store.webapi import WebToken
     from mailserverd.web.tokens import new_token, token_hash
 
-    config = _load(args)
+    config = load(args)
     try:
         user = canonical(parse_address(args.user))
     except AddressError as error:
@@ -40,7 +40,7 @@ def cmd_token(args) -> int:
             print(f"{token.token_id}\t{token.name or '-'}\t{when} UTC")
         return None
 
-    return _with_store(config, work)
+    return with_store(config, work)
 
 
 def add_parser(sub, common) -> None:

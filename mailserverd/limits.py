@@ -143,6 +143,15 @@ LIMIT_SPECS: tuple[LimitSpec, ...] = (
     LimitSpec("search_index_nice", 10, 0, 19, "count",
               "Nice value added to the indexer's worker process, so that it yields the CPU "
               "to deliveries and catches up when they pause."),
+    LimitSpec("search_index_workers", 2, 1, 64, "count",
+              "Worker processes that extract the text of messages for the search index "
+              "(at the lower priority of search_index_nice)."),
+    LimitSpec("search_rebuild_chunk", 100, 1, 100000, "count",
+              "Messages that mailserverd index rebuild gives new index entries in one "
+              "transaction (small, so that deliveries to other users interleave)."),
+    LimitSpec("search_compact_chunk", 1000, 1, 1000000, "count",
+              "Postings that mailserverd index rebuild clears of removed messages in "
+              "one transaction."),
     LimitSpec("search_text_max", 4 * MIB, 64 * KIB, 1 * GIB, "bytes",
               "Decoded text of one message above which it is not split into tokens "
               "(every text search then reads its stored text)."),

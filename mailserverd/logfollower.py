@@ -70,19 +70,31 @@ class LogFollower:
 
     @inlineCallbacks
     def catch_up(self):
-        """Follow every change logged before the call."""
+        """Follow every change logged before the call. The next batch is built
+        while the last one commits (the log, not what is derived, is read)."""
         if self._pool.joined:  # stopped before: a ThreadPool does not start twice
             self._pool = ThreadPool(minthreads=0, maxthreads=1, name=self.pool_name)
         self._pool.start()
         for number in range(self.store.shards):
             target = self.store.last_seq(number)
             position = self.position(number)
-            while position < target:
-                batch = yield deferToThreadPool(self.reactor, self._pool, self.build_batch, number, position)
+            building = self._build(number, position) if position < target else None
+            while building is not None:
+                batch = yield building
                 if batch is None:
                     break
-                yield self.commit(number, batch)
+                committed = self.commit(number, batch)
                 position = batch[0]
+                building = self._build(number, position) if position < target else None
+                try:
+                    yield committed
+                except BaseException:
+                    if building is not None:
+                        building.addErrback(lambda _: None)  # abandoned with the round
+                    raise
+
+    def _build(self, shard_number: int, position: int) -> Deferred:
+        return deferToThreadPool(self.reactor, self._pool, self.build_batch, shard_number, position)
 
     def start(self) -> None:
         """Follow now, then every ``limits.<interval>`` seconds until :meth:`stop`."""

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from array import array
 
 import msgpack
 
@@ -65,30 +66,37 @@ def grams_of(data: bytes) -> set[bytes]:
     return {data[index:index + GRAM] for index in range(len(data) - GRAM + 1)}
 
 
-def _terms(text: str) -> tuple[list[bytes], list[list[bytes]]]:
-    """The distinct tokens of ``text`` (normalised), with UNTOKENISED if one is too
-    long, and the distinct pairs of tokens with one space between them."""
+def _terms(text: str) -> tuple[list[bytes], bytes]:
+    """The distinct tokens of ``text`` (normalised), sorted, with UNTOKENISED if
+    one is too long, and the distinct pairs of tokens with one space between
+    them, as :func:`pair_indexes` reads them."""
     parts = _SEPARATORS.split(text)  # word, separator, word, ... (empty words at the ends)
     words, separators = parts[0::2], parts[1::2]
     encoded = {word: word.encode("utf-8", "surrogatepass") for word in set(words) if word}
-    tokens = set(encoded.values())
-    if any(len(token) > TOKEN_MAX for token in tokens):
-        tokens = {token for token in tokens if len(token) <= TOKEN_MAX}
-        tokens.add(UNTOKENISED)
-    pairs = []
+    long = [word for word, token in encoded.items() if len(token) > TOKEN_MAX]
+    for word in long:
+        del encoded[word]
+    tokens = sorted(set(encoded.values()) | ({UNTOKENISED} if long else set()))
+    position = {token: index for index, token in enumerate(tokens)}
+    indexes = array("I")
     for first, separator, second in set(zip(words, separators, words[1:])):
-        if separator == " " and first and second:
-            pair = [encoded[first], encoded[second]]
-            if len(pair[0]) <= TOKEN_MAX and len(pair[1]) <= TOKEN_MAX:
-                pairs.append(pair)
-    return sorted(tokens), pairs
+        if separator == " " and first in encoded and second in encoded:
+            indexes.append(position[encoded[first]])
+            indexes.append(position[encoded[second]])
+    return tokens, indexes.tobytes()
 
 
-def index_entry(raw: bytes, facts: dict, text_max: int) -> tuple[bytes, dict[str, list], dict[str, list]]:
+def pair_indexes(pairs: bytes) -> array:
+    """A class's pairs as stored in an entry: the flat positions ``first, second,
+    first, second...`` of their tokens in the class's sorted token list."""
+    return array("I", pairs)
+
+
+def index_entry(raw: bytes, facts: dict, text_max: int) -> tuple[bytes, dict[str, list], dict[str, bytes]]:
     """``(stored text, terms, pairs)`` of one message (see the module docstring):
-    ``terms`` maps each class of :data:`CLASSES` to its tokens, ``pairs`` to its
-    ``[first, second]`` token pairs. Never raises for broken MIME (the text
-    extraction does not)."""
+    ``terms`` maps each class of :data:`CLASSES` to its tokens (sorted), ``pairs``
+    to its pairs of tokens (:func:`pair_indexes`). Never raises for broken MIME
+    (the text extraction does not)."""
     text = MessageText(lambda: raw, lambda: facts)
     doc = text.document()
     body = doc.pop("body")
@@ -106,14 +114,17 @@ def index_entry(raw: bytes, facts: dict, text_max: int) -> tuple[bytes, dict[str
 
 
 def index_entry_wire(raw: bytes, facts: dict, text_max: int) -> list:
-    """:func:`index_entry` as a worker process sends it back (msgpack values)."""
-    return list(index_entry(raw, facts, text_max))
+    """:func:`index_entry` as a worker process sends it back: few objects to
+    decode (each class's tokens joined by NUL, which no token holds)."""
+    stored, terms, pairs = index_entry(raw, facts, text_max)
+    return [stored, {name: b"\x00".join(tokens) for name, tokens in terms.items() if tokens}, pairs]
 
 
-def entry_from_wire(reply: list) -> tuple[bytes, dict[str, list], dict[str, list]]:
+def entry_from_wire(reply: list) -> tuple[bytes, dict[str, list], dict[str, bytes]]:
     """The ``(stored text, terms, pairs)`` of an :func:`index_entry_wire` reply."""
-    stored, terms, pairs = reply
-    return bytes(stored), terms, pairs
+    stored, joined, pairs = reply
+    return bytes(stored), {name: joined[name].split(b"\x00") if name in joined else []
+                           for name in CLASSES.values()}, pairs
 
 
 def stored_text(stored: bytes) -> StoredText:

@@ -12,13 +12,16 @@ the shard's writer like every other write (group commit: nothing is
 acknowledged before it is durable, and deliveries are never waited on): a
 :class:`~mailserverd.logfollower.LogFollower`. Decoding text is CPU work
 that would compete with deliveries for the GIL: the thread hands it to a
-worker process of its own (the store's :class:`ParseWorker`), started with
-a lower priority (``search_index_nice``), so that on a busy machine the
+few worker processes of its own (the store's :class:`ParseWorker`,
+``search_index_workers`` of them, each message of a batch to one), started
+with a lower priority (``search_index_nice``), so that on a busy machine the
 index lags behind deliveries instead of slowing them; searches scan the
 lag.
 """
 
 from __future__ import annotations
+
+import threading
 
 from twisted.internet.defer import inlineCallbacks
 
@@ -30,54 +33,71 @@ from mailserverd.store.searchindex import FORMAT
 _ENTRY_IN_WORKER = "mailserverd.search.index:index_entry_wire"
 
 
+#: A doc's text, terms and pairs when its message went before it was indexed.
+_GONE = (None, {}, {})
+
+
+def extract_here(store, shard_number: int, blob_ids: list[bytes], text_max: int,
+                 entry=index_entry) -> dict[bytes, tuple]:
+    """``{blob_id: entry(raw, facts, text_max)}`` of the messages, extracted in this
+    thread (_GONE for a blob gone meanwhile); ``entry`` keeps index_entry's contract."""
+    found = {}
+    for blob_id in blob_ids:
+        content = store.read_content(shard_number, blob_id)
+        found[blob_id] = _GONE if content is None else entry(content[0], content[1], text_max)
+    return found
+
+
 def build_batch(store, shard_number: int, after_seq: int, batch_max: int, text_max: int,
-                entry=index_entry):
+                extract=extract_here):
     """The next batch of shard ``shard_number`` after ``after_seq``: ``(upto_seq,
     docs, removals)`` for store.write_search_batch, or None when there is nothing.
 
-    At most ``batch_max`` messages are extracted, each by ``entry(raw, facts,
-    text_max)`` (:func:`index_entry`'s contract); a message expunged later in
-    the same batch is not (its doc is marked gone). Runs on any thread.
+    At most ``batch_max`` messages are extracted, all at once by ``extract(store,
+    shard_number, blob_ids, text_max)`` (:func:`extract_here`'s contract); a
+    message expunged later in the same batch is not (its doc is marked gone).
+    Runs on any thread.
     """
     docs: list[list] = []
     removals: list[tuple] = []
     pending: dict[tuple[int, int], dict[int, list]] = {}  # (user, mailbox) -> uid -> doc
-    contents: dict[bytes, tuple] = {}
     upto = after_seq
     for change in changes_after(store, shard_number, after_seq):
-        _add_change(store, shard_number, change, text_max, entry, docs, removals, pending, contents)
+        _add_change(change, docs, removals, pending)
         upto = change.seq
         if len(docs) >= batch_max:
             break
     if upto == after_seq:
         return None
+    wanted = list(dict.fromkeys(doc[3] for doc in docs if len(doc) == 4))
+    entries = extract(store, shard_number, wanted, text_max) if wanted else {}
+    for doc in docs:
+        if len(doc) == 4:
+            doc[3:] = entries[doc[3]]
     return upto, [tuple(doc) for doc in docs], removals
 
 
-def _add_change(store, shard_number, change, text_max, entry, docs, removals, pending, contents) -> None:
-    """Add what one change record means for the index to the batch being built."""
+def _add_change(change, docs, removals, pending) -> None:
+    """Add what one change record means for the index to the batch being built
+    (an appended message's doc ends with its blob id until extracted)."""
     user_id, mailbox_id, data = change.user_id, change.mailbox_id, change.data
     box = (user_id, mailbox_id)
     if change.kind == "append":
         for uid, blob_id in zip(data["uids"], data["blob_ids"]):
-            if blob_id not in contents:
-                content = store.read_content(shard_number, blob_id)
-                extracted = (None, {}, {}) if content is None else entry(content[0], content[1], text_max)
-                contents[blob_id] = extracted
-            doc = [user_id, mailbox_id, uid, *contents[blob_id]]
+            doc = [user_id, mailbox_id, uid, blob_id]
             docs.append(doc)
             pending.setdefault(box, {})[uid] = doc
     elif change.kind == "expunge":
         waiting = pending.get(box, {})
         for uid in data["uids"]:
             if uid in waiting:
-                waiting[uid][3:] = [None, {}, {}]  # gone before it was indexed
+                waiting[uid][3:] = _GONE
         removals.append((user_id, mailbox_id, list(data["uids"])))
     elif change.kind in ("mailbox-delete", "account-delete"):
         for (user, mailbox), waiting in pending.items():
             if user == user_id and (change.kind == "account-delete" or mailbox == mailbox_id):
                 for doc in waiting.values():
-                    doc[3:] = [None, {}, {}]
+                    doc[3:] = _GONE
         removals.append((user_id, mailbox_id if change.kind == "mailbox-delete" else None, None))
 
 
@@ -98,10 +118,33 @@ class Indexer(LogFollower):
         super().__init__(store, limits, reactor)
         self.indexed = 0
         self.progress = progress
-        self._worker = ParseWorker("search-index", nice=limits.search_index_nice)
+        self._workers = [ParseWorker(f"search-index-{number}", nice=limits.search_index_nice)
+                         for number in range(limits.search_index_workers)]
 
-    def _entry(self, raw: bytes, facts: dict, text_max: int):
-        return entry_from_wire(self._worker.call(_ENTRY_IN_WORKER, raw, facts, text_max))
+    def _extract(self, store, shard_number: int, blob_ids: list[bytes], text_max: int) -> dict:
+        """:func:`extract_here` spread over the worker processes, one thread each."""
+        found: dict[bytes, tuple] = {}
+        failures: list[BaseException] = []
+
+        def work(worker, share):
+            def entry(raw, facts, text_max):
+                return entry_from_wire(worker.call(_ENTRY_IN_WORKER, raw, facts, text_max))
+            try:
+                found.update(extract_here(store, shard_number, share, text_max, entry))
+            except BaseException as failure:  # re-raised in the calling thread
+                failures.append(failure)
+
+        count = len(self._workers)
+        threads = [threading.Thread(target=work, args=(worker, blob_ids[number::count]),
+                                    name=worker.name, daemon=True)
+                   for number, worker in enumerate(self._workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
+        return found
 
     def position(self, shard_number: int) -> int:
         return self.store.search_seq(shard_number)
@@ -117,7 +160,7 @@ class Indexer(LogFollower):
 
     def build_batch(self, shard_number: int, after_seq: int):
         return build_batch(self.store, shard_number, after_seq, self.limits.search_index_batch,
-                           self.limits.search_text_max, self._entry)
+                           self.limits.search_text_max, self._extract)
 
     def commit(self, shard_number: int, batch):
         return self.store.write_search_batch(shard_number, *batch).addCallback(self._written)
@@ -129,4 +172,4 @@ class Indexer(LogFollower):
 
     def stop(self):
         """Stop following (see LogFollower.stop), then end the worker process."""
-        return super().stop().addCallback(lambda _: self._worker.stop())
+        return super().stop().addCallback(lambda _: [worker.stop() for worker in self._workers])

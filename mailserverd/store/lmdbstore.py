@@ -481,6 +481,26 @@ class LMDBStore:
         return self._submitters[shard_number].submit(
             lambda w: searchindex.apply_batch(w, upto_seq, docs, removals))
 
+    def search_index_bytes(self, shard_number: int) -> int:
+        """Bytes of the pages shard ``shard_number``'s index takes (searchindex.stored_bytes)."""
+        env = self._shard_envs[shard_number]
+        with env.env.begin() as txn:
+            return searchindex.stored_bytes(txn, env.dbs)
+
+    def replace_search_docs(self, user: str, mailbox_id: int, before_docno: int, docs: list) -> Deferred:
+        """Commit new docs for some of a mailbox's indexed messages (one rebuild
+        chunk: searchindex.replace_docs); fires with how many were replaced.
+        Fails with NotFound for an unknown user."""
+        return self._shard_write(user, lambda u: lambda w: searchindex.replace_docs(
+            w, u.user_id, mailbox_id, before_docno, docs), notify=False)
+
+    def compact_search_postings(self, user: str, before_docno: int, start: bytes, keys_max: int) -> Deferred:
+        """Clear stale docnos from up to ``keys_max`` of the user's postings
+        (searchindex.compact_postings); fires with ``(next start or None,
+        offsets cleared)``. Fails with NotFound for an unknown user."""
+        return self._shard_write(user, lambda u: lambda w: searchindex.compact_postings(
+            w, u.user_id, before_docno, start, keys_max), notify=False)
+
     # ---------------------------------------------------------------- the spam classifier (extra)
     # Kept for mailserverd.delivery.bayes: the records are store/spamtokens.py's.
 

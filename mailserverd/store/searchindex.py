@@ -31,7 +31,8 @@ Four sub-databases (names in env.SHARD_DBS), all per user:
 Postings are written per batch (one read-modify-write per key of the
 batch), never one put per token per message. Removing a message deletes its
 map entry and doc and clears its segment-map slot; its postings stay (a
-posting naming a cleared slot is skipped).
+posting naming a cleared slot is skipped) until a rebuild clears them
+(:func:`replace_docs`, :func:`compact_postings`).
 
 The ``info`` keys: ``search_seq`` is the change-log position the index
 reflects, written in the same transaction as the index records;
@@ -94,20 +95,38 @@ def encode_posting(offsets: list[int]) -> bytes:
     """Sorted offsets within a segment -> the stored posting (array or bitmap, the smaller)."""
     if 2 * len(offsets) < _BITMAP_BYTES:
         return bytes((_SPARSE,)) + array("H", offsets).tobytes()
+    return encode_bits(_bits_of(offsets))
+
+
+def encode_bits(bits: int) -> bytes:
+    """A posting given as bits (see :func:`posting_bits`) -> the stored posting."""
+    if 2 * bits.bit_count() < _BITMAP_BYTES:
+        return bytes((_SPARSE,)) + array("H", _set_bits(bits)).tobytes()
+    return bytes((_BITMAP,)) + bits.to_bytes(_BITMAP_BYTES, "little")
+
+
+def _bits_of(offsets) -> int:
     bits = 0
     for offset in offsets:
         bits |= 1 << offset
-    return bytes((_BITMAP,)) + bits.to_bytes(_BITMAP_BYTES, "little")
+    return bits
+
+
+def _set_bits(bits: int) -> list[int]:
+    """The offsets set in a sparse ``bits``, ascending (one step per set bit)."""
+    found = []
+    while bits:
+        lowest = bits & -bits
+        found.append(lowest.bit_length() - 1)
+        bits ^= lowest
+    return found
 
 
 def posting_bits(data: bytes) -> int:
     """A stored posting as an int whose bit ``n`` is set for each offset ``n``."""
     if data[0] == _BITMAP:
         return int.from_bytes(data[1:], "little")
-    bits = 0
-    for offset in array("H", data[1:]):
-        bits |= 1 << offset
-    return bits
+    return _bits_of(array("H", data[1:]))
 
 
 def bit_offsets(bits: int) -> list[int]:
@@ -128,9 +147,10 @@ def _merge_postings(w, db, postings: dict[bytes, list[int]]) -> None:
     """Merge each key's new offsets (ascending) into its stored posting."""
     for key, offsets in sorted(postings.items()):
         stored = w.txn.get(key, db=db)
-        if stored is not None:
-            offsets = bit_offsets(posting_bits(stored) | posting_bits(encode_posting(offsets)))
-        w.txn.put(key, encode_posting(offsets), db=db)
+        if stored is None:
+            w.txn.put(key, encode_posting(offsets), db=db)
+        else:
+            w.txn.put(key, encode_bits(posting_bits(stored) | _bits_of(offsets)), db=db)
 
 
 # ---------------------------------------------------------------- writing (writer thread)
@@ -199,13 +219,15 @@ class _Batch:
         self.slots.setdefault((user_id, segment), []).append((offset, mailbox_id, uid))
         postings = self.postings
         for name, tokens in terms.items():
-            ids = {token: self.token_id(user_id, token) for token in tokens}
+            ids = [self.token_id(user_id, token) for token in tokens]
             kind = name.encode("ascii")
-            for token_id in ids.values():
+            for token_id in ids:
                 postings.setdefault((user_id, kind, token_id, segment), []).append(offset)
+            indexes = array("I", pairs.get(name, b""))
             kind = pair_kind(name)
-            for first, second in pairs.get(name, ()):
-                postings.setdefault((user_id, kind, ids[first], ids[second], segment), []).append(offset)
+            for index in range(0, len(indexes), 2):
+                key = (user_id, kind, ids[indexes[index]], ids[indexes[index + 1]], segment)
+                postings.setdefault(key, []).append(offset)
 
     def write(self) -> None:
         w, db = self.w, self.w.dbs["searchterms"]
@@ -250,7 +272,8 @@ def apply_batch(w, upto_seq: int, docs: Iterable[tuple[int, int, int, bytes | No
     those messages' docs, or with ``uids`` None the whole mailbox's, or with
     ``mailbox`` None the whole user's index. ``docs`` are ``(user, mailbox,
     uid, text, terms, pairs)`` in change-log order, ``terms`` ``{class:
-    [token, ...]}``, ``pairs`` ``{class: [[first, second], ...]}``; ``text``
+    [token, ...]}``, ``pairs`` ``{class: bytes of a u32 array of the positions
+    in that list of each pair's first and second token}``; ``text``
     None marks a message gone before it was indexed (only the indexed UID
     moves). A doc at or below its mailbox's indexed UID is
     skipped, so a batch may be replayed. Mailbox ids and UIDs are below 2**32.
@@ -308,6 +331,133 @@ def _remove(w, user_id: int, mailbox_id: int | None, uids: list[int] | None) -> 
         _write_segment_map(w, user_id, segment, mailboxes, slot_uids)
 
 
+
+# ---------------------------------------------------------------- rebuilding (writer thread)
+# A rebuild (mailserverd.search.rebuild) gives a user's indexed messages new
+# docs, numbered from the user's next docno R when it began, a chunk per
+# operation, then clears from the postings the docnos below R left without a
+# doc. Each operation keeps the index whole on its own, so the live indexer's
+# batches may come between any two.
+
+#: The kinds of a user's ``searchterms`` keys that are the vocabulary (not postings).
+_VOCABULARY = (_VOCAB, _TOKEN, _NEXT_TOKEN)
+_ALL_BITS = (1 << SEGMENT_DOCS) - 1
+
+
+def replace_docs(w, user_id: int, mailbox_id: int, before_docno: int,
+                 docs: Iterable[tuple[int, bytes, dict, dict]]) -> int:
+    """Give messages of one mailbox new docs under fresh docnos; returns how many got one.
+
+    ``docs`` are ``(uid, text, terms, pairs)`` as in :func:`apply_batch`. A
+    message is replaced only while the index holds it under a docno below
+    ``before_docno`` and its UID is at most the mailbox's indexed UID: one
+    expunged meanwhile has no doc to replace, one above the indexed UID is the
+    indexer's, one at or above ``before_docno`` was replaced already. The old
+    doc goes as in an expunge (its map entry, doc and segment-map slot; its
+    postings stay, for :func:`compact_postings`); the new one gets its
+    postings like any doc, in the same transaction, so a search sees either.
+    An index of another layout is left alone (the indexer empties it).
+    """
+    if search_format(w.txn, w.dbs) != FORMAT:
+        return 0
+    indexed = indexed_uid(w.txn, w.dbs, user_id, mailbox_id)
+    held: dict[int, tuple] = {}
+    for uid, *entry in docs:
+        if uid > indexed:
+            continue
+        data = w.txn.get(_map_key(user_id, mailbox_id, uid), db=w.dbs["searchmap"])
+        if data is not None and keys.read_u64(data) < before_docno:
+            held[uid] = entry
+    _remove(w, user_id, mailbox_id, list(held))
+    batch = _Batch(w)
+    for uid, entry in held.items():
+        batch.add(user_id, mailbox_id, uid, *entry)
+    batch.write()
+    return len(held)
+
+
+def compact_postings(w, user_id: int, before_docno: int, start: bytes,
+                     keys_max: int) -> tuple[bytes | None, int]:
+    """Clear from up to ``keys_max`` of the user's postings, from ``start`` on
+    (b"" for the first), the docnos below ``before_docno`` that have no doc.
+
+    Returns ``(start of the next call, or None after the last posting, offsets
+    cleared)``. A posting left empty is deleted, and so is the segment map of
+    a segment wholly below ``before_docno`` with no doc left. Docnos from
+    ``before_docno`` on are never touched (docs still being added may sit
+    there), and a cleared docno names no doc, so no search loses a message.
+    The vocabulary stays as it is. An index of another layout is left alone.
+    """
+    if search_format(w.txn, w.dbs) != FORMAT:
+        return None, 0
+    db = w.dbs["searchterms"]
+    prefix = _USER.pack(user_id)
+    live: dict[int, int] = {}
+    changes: list[tuple[bytes, bytes | None]] = []
+    cleared = 0
+    following = None
+    for key, value in _index_records(w.txn, db, prefix, start):
+        if keys_max <= 0:
+            following = key[len(prefix):]
+            break
+        keys_max -= 1
+        segment = _ID.unpack(key[-4:])[0]
+        if segment * SEGMENT_DOCS >= before_docno:
+            continue
+        if segment not in live:
+            live[segment] = _kept_bits(w.txn, w.dbs, user_id, segment, before_docno)
+        if _kind(key) == _SEGMENT_MAP:
+            if (segment + 1) * SEGMENT_DOCS <= before_docno and not live[segment]:
+                changes.append((key, None))
+            continue
+        bits = posting_bits(value)
+        kept = bits & live[segment]
+        if kept != bits:
+            cleared += (bits ^ kept).bit_count()
+            changes.append((key, encode_posting(bit_offsets(kept)) if kept else None))
+    for key, value in changes:
+        if value is None:
+            w.txn.delete(key, db=db)
+        else:
+            w.txn.put(key, value, db=db)
+    return following, cleared
+
+
+def _kept_bits(txn, dbs, user_id: int, segment: int, before_docno: int) -> int:
+    """The offsets of a segment that compact_postings keeps: those of docs, and
+    every one from ``before_docno`` on."""
+    below = min(SEGMENT_DOCS, before_docno - segment * SEGMENT_DOCS)
+    return _doc_bits(txn, dbs, user_id, segment, below) | (_ALL_BITS ^ ((1 << below) - 1))
+
+
+def _kind(key: bytes) -> bytes:
+    """The kind byte of a ``searchterms`` key (see the module docstring)."""
+    return key[_USER.size:_USER.size + 1]
+
+
+def _doc_bits(txn, dbs, user_id: int, segment: int, below: int = SEGMENT_DOCS) -> int:
+    """The offsets below ``below`` of a segment whose docnos have a doc (as posting_bits gives)."""
+    mailboxes, _ = _read_segment_map(txn, dbs, user_id, segment)
+    return posting_bits(encode_posting([offset for offset in range(below) if mailboxes[offset]]))
+
+
+def _index_records(txn, db, prefix: bytes, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+    """``(key, value)`` of a user's ``searchterms`` records from ``prefix + start``
+    on, in key order, without the vocabulary: its postings and segment maps."""
+    cursor = txn.cursor(db=db)
+    found = cursor.set_range(prefix + start)
+    while found:
+        key = cursor.key()
+        if not key.startswith(prefix):
+            return
+        kind = _kind(key)
+        if kind in _VOCABULARY:  # one jump over the whole kind, however large
+            found = cursor.set_range(prefix + bytes((kind[0] + 1,)))
+            continue
+        yield key, cursor.value()
+        found = cursor.next()
+
+
 # ---------------------------------------------------------------- reading
 
 
@@ -315,6 +465,16 @@ def indexed_uid(txn, dbs, user_id: int, mailbox_id: int) -> int:
     """The mailbox's indexed UID (see the module docstring); 0 when nothing is."""
     data = txn.get(_map_key(user_id, mailbox_id, 0), db=dbs["searchmap"])
     return 0 if data is None else keys.read_u64(data)
+
+
+def stored_bytes(txn, dbs) -> int:
+    """Bytes of the pages the shard's index takes, every user's (LMDB's page
+    counts: no scan)."""
+    total = 0
+    for name in SEARCH_DBS:
+        stat = txn.stat(dbs[name])
+        total += stat["psize"] * (stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"])
+    return total
 
 
 def _segments(txn, db, prefix: bytes) -> dict[int, int]:
@@ -403,6 +563,28 @@ class SearchIndexReader:
             uid = keys.uid_from_message_key(key)
             if uid:
                 yield uid, keys.read_u64(value)
+
+    def next_docno(self) -> int:
+        """The docno the user's next doc gets; every doc so far has a lower one."""
+        data = self._txn.get(_doc_key(self._user_id, 0), db=self._dbs["searchdocs"])
+        return 1 if data is None else keys.read_u64(data)
+
+    def posting_counts(self) -> tuple[int, int]:
+        """``(docnos named by the user's postings, those of them naming no doc)``:
+        the second is what :func:`compact_postings` would clear (a scan)."""
+        named = stale = 0
+        live: dict[int, int] = {}
+        prefix = _USER.pack(self._user_id)
+        for key, value in _index_records(self._txn, self._dbs["searchterms"], prefix):
+            if _kind(key) == _SEGMENT_MAP:
+                continue
+            segment = _ID.unpack(key[-4:])[0]
+            if segment not in live:
+                live[segment] = _doc_bits(self._txn, self._dbs, self._user_id, segment)
+            bits = posting_bits(value)
+            named += bits.bit_count()
+            stale += (bits & ~live[segment]).bit_count()
+        return named, stale
 
     def size(self) -> dict[str, int]:
         """Stored bytes (keys and values) of this user's index records, per sub-database."""

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from mailserverd.mail.facts import compute_facts
-from mailserverd.search.index import entry_from_wire, index_entry
+from mailserverd.search.index import entry_from_wire, index_entry, pair_indexes
 from mailserverd.store import records
 from mailserverd.store.parseworker import ParseWorker, prepare_message
 
@@ -30,7 +30,7 @@ def test_facts_in_the_child_are_those_of_this_process(worker):
 def _sorted(entry):
     """An index entry with its pairs in order (a set's order differs between processes)."""
     stored, terms, pairs = entry
-    return stored, terms, {name: sorted(found) for name, found in pairs.items()}
+    return stored, terms, {name: sorted(zip(*[iter(pair_indexes(found))] * 2)) for name, found in pairs.items()}
 
 
 def _nice_of(pid: int) -> int:

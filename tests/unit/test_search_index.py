@@ -21,7 +21,7 @@ from mailserverd.imap import search
 from mailserverd.imap.parser import SequenceSet
 from mailserverd.limits import KIB, MIB, Limits
 from mailserverd.mail.facts import compute_facts
-from mailserverd.search.index import CLASSES, CONTAINS, index_entry, needle_runs, token_fits
+from mailserverd.search.index import CLASSES, CONTAINS, index_entry, needle_runs, pair_indexes, token_fits
 from mailserverd.search.indexer import Indexer
 from mailserverd.store import keys
 from mailserverd.store.searchindex import FORMAT, SEARCH_FORMAT_KEY
@@ -178,7 +178,8 @@ def test_tokens_hold_every_match_and_answer_single_runs_exactly(text, needle):
     facts = compute_facts(raw)
     _, terms, pairs = index_entry(raw, facts, MIB)
     text, needle = MessageText(lambda: raw, lambda: facts).body(), normalise(needle)
-    tokens, pairs = terms[CLASSES["body"]], pairs[CLASSES["body"]]
+    tokens, indexes = terms[CLASSES["body"]], pair_indexes(pairs[CLASSES["body"]])
+    pairs = [(tokens[indexes[n]], tokens[indexes[n + 1]]) for n in range(0, len(indexes), 2)]
     runs = needle_runs(needle)
     if needle in text:
         assert all(any(token_fits(token, run, mode) for token in tokens) for run, mode in runs)
