@@ -204,76 +204,94 @@ def message_ids(value: bytes | None) -> list[bytes]:
 # --------------------------------------------------------------- messages
 
 
+def sort_record(envelope: list, references_value: bytes | None) -> list:
+    """What SORT and THREAD compare of a message, computed once from its ENVELOPE
+    and its raw References: value (None if it has none), as msgpack values:
+    ``[sent or None, subject key, is reply, from, to, cc, displayfrom, displayto
+    (collation keys), message id or None, referenced ids]``. The sent date is
+    None when the Date: field cannot be read (the internal date counts then,
+    RFC 5256 §2.2). The search index keeps it, so that a sort reads it instead
+    of every message's facts."""
+    base, reply = base_subject(decode_header_value(envelope[1] or b""))  # RFC 5256 §2.1 step (1)
+    sent = sent_time(envelope[0], -1)
+    ids = message_ids(envelope[9])
+    return [None if sent == -1 else sent, collation_key(base), reply,
+            collation_key(address_mailbox(envelope[2])), collation_key(address_mailbox(envelope[5])),
+            collation_key(address_mailbox(envelope[6])), collation_key(address_display(envelope[2])),
+            collation_key(address_display(envelope[5])), ids[0] if ids else None,
+            _references(references_value, envelope)]
+
+
+def _references(references_value: bytes | None, envelope: list) -> list[bytes]:
+    """RFC 5256 §3 REFERENCES: the References: ids, else the first In-Reply-To: id."""
+    return message_ids(references_value) or message_ids(envelope[8])[:1]
+
+
+_SENT, _SUBJECT, _REPLY, _FROM, _TO, _CC, _DISPLAYFROM, _DISPLAYTO, _MESSAGE_ID, _REFERENCES = range(10)
+
+
 class SortableMessage:
-    """One searched message with the values SORT and THREAD use, each computed once.
+    """One searched message with the values SORT and THREAD use.
 
     ``seq`` is its sequence number in the session, ``number`` what a response
     names it by (the seq, or the UID for UID SORT/THREAD), ``info`` its
-    :class:`~mailserverd.store.types.MessageInfo`. Facts and header bytes are
-    read through ``store`` (read_facts, read_message) on first use; store
-    errors propagate.
+    :class:`~mailserverd.store.types.MessageInfo`. The values come from
+    ``record`` (:func:`sort_record`, as the search index keeps it), or when
+    none is given from the facts and header read through ``store``
+    (read_facts, read_message) on first use; store errors propagate.
     """
 
-    def __init__(self, seq: int, number: int, info, store, user: str):
+    __slots__ = ("seq", "number", "info", "_store", "_user", "_record", "_facts")
+
+    def __init__(self, seq: int, number: int, info, store, user: str, record: list | None = None):
         self.seq = seq
         self.number = number
         self.info = info
         self._store = store
         self._user = user
+        self._record = record
         self._facts: dict | None = None
-        self._subject: tuple[str, bool] | None = None
-        self._subject_key: str | None = None
-        self._sent: int | None = None
 
-    def _facts_dict(self) -> dict:
-        if self._facts is None:
+    def record(self) -> list:
+        """This message's :func:`sort_record`, but for the referenced ids when it
+        was not given (:meth:`references` reads the header for those)."""
+        if self._record is None:
             self._facts = self._store.read_facts(self._user, self.info.blob_id)
-        return self._facts
-
-    def _envelope(self) -> list:
-        return self._facts_dict()["envelope"]
-
-    def _base(self) -> tuple[str, bool]:
-        if self._subject is None:
-            # RFC 5256 §2.1 step (1): encoded words decoded first.
-            self._subject = base_subject(decode_header_value(self._envelope()[1] or b""))
-        return self._subject
+            self._record = sort_record(self._facts["envelope"], None)
+            self._record[_REFERENCES] = None  # the header is read only if THREAD asks
+        return self._record
 
     @property
     def subject_key(self) -> str:
         """The base subject as the collation compares it (RFC 5256 §2.1, §7)."""
-        if self._subject_key is None:
-            self._subject_key = collation_key(self._base()[0])
-        return self._subject_key
+        return self.record()[_SUBJECT]
 
     @property
     def is_reply(self) -> bool:
         """Whether base subject extraction found a reply or forward marker (RFC 5256 §3)."""
-        return self._base()[1]
+        return self.record()[_REPLY]
 
     @property
     def sent(self) -> int:
-        """The sent date in UTC seconds (RFC 5256 §2.2)."""
-        if self._sent is None:
-            self._sent = sent_time(self._envelope()[0], self.info.internaldate)
-        return self._sent
+        """The sent date in UTC seconds (RFC 5256 §2.2), else the internal date."""
+        sent = self.record()[_SENT]
+        return self.info.internaldate if sent is None else sent
 
     @property
     def message_id(self) -> bytes | None:
         """The first valid normalized id of the Message-ID: field, or None."""
-        ids = message_ids(self._envelope()[9])
-        return ids[0] if ids else None
+        return self.record()[_MESSAGE_ID]
 
     def references(self) -> list[bytes]:
         """The ids RFC 5256 §3 REFERENCES threads by: References:, else the
-        first id of In-Reply-To:, else none. Reads the message's header."""
-        header_end = self._facts_dict()["header_end"]
-        raw = self._store.read_message(self._user, self.info.blob_id)
-        fields = mime.header_fields(raw, 0, header_end, frozenset({b"references"}))
-        ids = message_ids(fields[0][1]) if fields else []
-        if ids:
-            return ids
-        return message_ids(self._envelope()[8])[:1]
+        first id of In-Reply-To:, else none."""
+        record = self.record()
+        if record[_REFERENCES] is None:
+            facts = self._facts
+            raw = self._store.read_message(self._user, self.info.blob_id)
+            fields = mime.header_fields(raw, 0, facts["header_end"], frozenset({b"references"}))
+            record[_REFERENCES] = _references(fields[0][1] if fields else None, facts["envelope"])
+        return record[_REFERENCES]
 
     def sort_value(self, key: str):
         """The value criterion ``key`` (one of :data:`SORT_KEYS`) compares."""
@@ -285,12 +303,12 @@ _SORT_VALUES = {
     "SIZE": lambda message: message.info.size,
     "DATE": lambda message: message.sent,
     "SUBJECT": lambda message: message.subject_key,
-    "FROM": lambda message: collation_key(address_mailbox(message._envelope()[2])),
-    "TO": lambda message: collation_key(address_mailbox(message._envelope()[5])),
-    "CC": lambda message: collation_key(address_mailbox(message._envelope()[6])),
+    "FROM": lambda message: message.record()[_FROM],
+    "TO": lambda message: message.record()[_TO],
+    "CC": lambda message: message.record()[_CC],
     # RFC 5957 §4
-    "DISPLAYFROM": lambda message: collation_key(address_display(message._envelope()[2])),
-    "DISPLAYTO": lambda message: collation_key(address_display(message._envelope()[5])),
+    "DISPLAYFROM": lambda message: message.record()[_DISPLAYFROM],
+    "DISPLAYTO": lambda message: message.record()[_DISPLAYTO],
 }
 
 #: The sort-key names of RFC 5256 §5 and RFC 5957 §5.

@@ -41,6 +41,8 @@ from array import array
 
 import msgpack
 
+from mailserverd.imap.sortkeys import sort_record
+from mailserverd.mail import mime
 from mailserverd.search.text import MessageText, StoredText
 
 #: The class of each text a key compares with: an envelope field, the header, the body.
@@ -92,11 +94,14 @@ def pair_indexes(pairs: bytes) -> array:
     return array("I", pairs)
 
 
-def index_entry(raw: bytes, facts: dict, text_max: int) -> tuple[bytes, dict[str, list], dict[str, bytes]]:
-    """``(stored text, terms, pairs)`` of one message (see the module docstring):
-    ``terms`` maps each class of :data:`CLASSES` to its tokens (sorted), ``pairs``
-    to its pairs of tokens (:func:`pair_indexes`). Never raises for broken MIME
-    (the text extraction does not)."""
+def index_entry(raw: bytes, facts: dict, text_max: int) -> tuple:
+    """``(stored text, terms, pairs, sortable)`` of one message (see the module
+    docstring): ``terms`` maps each class of :data:`CLASSES` to its tokens
+    (sorted), ``pairs`` to its pairs of tokens (:func:`pair_indexes`);
+    ``sortable`` is what SORT and THREAD compare (imap.sortkeys.sort_record),
+    None for a message without an envelope. Never raises for broken MIME (the
+    text extraction does not)."""
+    sortable = _sortable(raw, facts)
     text = MessageText(lambda: raw, lambda: facts)
     doc = text.document()
     body = doc.pop("body")
@@ -106,25 +111,32 @@ def index_entry(raw: bytes, facts: dict, text_max: int) -> tuple[bytes, dict[str
     texts[CLASSES["header"]] = text.header()
     texts[CLASSES["body"]] = body
     if sum(len(part) for part in texts.values()) > text_max:
-        return stored, {name: [UNTOKENISED] for name in texts}, {}
+        return stored, {name: [UNTOKENISED] for name in texts}, {}, sortable
     terms, pairs = {}, {}
     for name, part in texts.items():
         terms[name], pairs[name] = _terms(part)
-    return stored, terms, pairs
+    return stored, terms, pairs, sortable
+
+
+def _sortable(raw: bytes, facts: dict) -> list | None:
+    if "envelope" not in facts:
+        return None
+    fields = mime.header_fields(raw, 0, facts["header_end"], frozenset({b"references"}))
+    return sort_record(facts["envelope"], fields[0][1] if fields else None)
 
 
 def index_entry_wire(raw: bytes, facts: dict, text_max: int) -> list:
     """:func:`index_entry` as a worker process sends it back: few objects to
     decode (each class's tokens joined by NUL, which no token holds)."""
-    stored, terms, pairs = index_entry(raw, facts, text_max)
-    return [stored, {name: b"\x00".join(tokens) for name, tokens in terms.items() if tokens}, pairs]
+    stored, terms, pairs, sortable = index_entry(raw, facts, text_max)
+    return [stored, {name: b"\x00".join(tokens) for name, tokens in terms.items() if tokens}, pairs, sortable]
 
 
-def entry_from_wire(reply: list) -> tuple[bytes, dict[str, list], dict[str, bytes]]:
-    """The ``(stored text, terms, pairs)`` of an :func:`index_entry_wire` reply."""
-    stored, joined, pairs = reply
+def entry_from_wire(reply: list) -> tuple:
+    """The ``(stored text, terms, pairs, sortable)`` of an :func:`index_entry_wire` reply."""
+    stored, joined, pairs, sortable = reply
     return bytes(stored), {name: joined[name].split(b"\x00") if name in joined else []
-                           for name in CLASSES.values()}, pairs
+                           for name in CLASSES.values()}, pairs, sortable
 
 
 def stored_text(stored: bytes) -> StoredText:

@@ -33,8 +33,8 @@ from mailserverd.store.searchindex import FORMAT
 _ENTRY_IN_WORKER = "mailserverd.search.index:index_entry_wire"
 
 
-#: A doc's text, terms and pairs when its message went before it was indexed.
-_GONE = (None, {}, {})
+#: A doc's text, terms, pairs and sort record when its message went before it was indexed.
+_GONE = (None, {}, {}, None)
 
 
 def extract_here(store, shard_number: int, blob_ids: list[bytes], text_max: int,

@@ -290,3 +290,9 @@ def search_indexed(key: search.Key, mailbox_id: int, uids: list[int], scope: sea
 
     return scope.store.read_search_index(scope.user, evaluate)
 
+
+
+def sort_records(store, user: str, mailbox_id: int, uids: list[int]) -> dict[int, list]:
+    """``{uid: imap.sortkeys.sort_record}`` of the messages the index holds
+    (the others are left to read their facts). Blocking."""
+    return store.read_search_index(user, lambda reader: reader.sort_records(mailbox_id, uids))

@@ -21,6 +21,8 @@ Four sub-databases (names in env.SHARD_DBS), all per user:
     sparse, a bitmap of SEGMENT_DOCS bits when that is smaller.
   - the class byte + 0x80, two token ids, a segment -> the posting of the docs
     whose text of that class has that pair of tokens (see the search package).
+  - ``O`` + docno -> the doc's *sort record* (opaque here: what the search
+    package gave), so that SORT and THREAD read no facts.
   - ``S`` + segment -> the *segment map*: for each docno of the segment, its
     mailbox id and uid (two u32 arrays; 0, 0 for none or removed), so that a
     posting turns into messages without reading any doc.
@@ -61,7 +63,7 @@ _GRAM_KEY = struct.Struct(">Q3sI")
 _USER = struct.Struct(">Q")
 _POSTING_KEY = struct.Struct(">QcII")  # user, class, token id, segment
 _PAIR_KEY = struct.Struct(">QcIII")  # user, class | 0x80, first token id, second, segment
-_VOCAB, _TOKEN, _NEXT_TOKEN, _SEGMENT_MAP = b"V", b"I", b"N", b"S"
+_VOCAB, _TOKEN, _NEXT_TOKEN, _SEGMENT_MAP, _SORT_RECORD = b"V", b"I", b"N", b"S", b"O"
 _ID = struct.Struct(">I")
 _SPARSE, _BITMAP = 0, 1
 SEARCH_DBS = ("searchmap", "searchdocs", "searchterms", "searchgrams")
@@ -210,9 +212,13 @@ class _Batch:
         self.token_ids[(user_id, token)] = token_id
         return token_id
 
-    def add(self, user_id: int, mailbox_id: int, uid: int, text: bytes, terms: dict, pairs: dict) -> None:
+    def add(self, user_id: int, mailbox_id: int, uid: int, text: bytes, terms: dict, pairs: dict,
+            sortable) -> None:
         docno = self.docno(user_id)
         dbs = self.w.dbs
+        if sortable is not None:
+            self.w.txn.put(_terms_key(user_id, _SORT_RECORD, keys.u64(docno)), records.pack(sortable),
+                           db=dbs["searchterms"])
         self.w.txn.put(_doc_key(user_id, docno), records.pack([mailbox_id, uid, text]), db=dbs["searchdocs"])
         self.w.txn.put(_map_key(user_id, mailbox_id, uid), keys.u64(docno), db=dbs["searchmap"])
         segment, offset = divmod(docno, SEGMENT_DOCS)
@@ -264,14 +270,14 @@ def pair_kind(name: str) -> bytes:
     return bytes((ord(name) | 0x80,))
 
 
-def apply_batch(w, upto_seq: int, docs: Iterable[tuple[int, int, int, bytes | None, dict, dict]],
+def apply_batch(w, upto_seq: int, docs: Iterable[tuple[int, int, int, bytes | None, dict, dict, object]],
                 removals: Iterable[tuple[int, int | None, list[int] | None]]) -> int:
     """Write one indexing batch and move ``search_seq`` to ``upto_seq``; returns docs written.
 
     ``removals`` (applied first, in order) are ``(user, mailbox, uids)``:
     those messages' docs, or with ``uids`` None the whole mailbox's, or with
     ``mailbox`` None the whole user's index. ``docs`` are ``(user, mailbox,
-    uid, text, terms, pairs)`` in change-log order, ``terms`` ``{class:
+    uid, text, terms, pairs, sort record or None)`` in change-log order, ``terms`` ``{class:
     [token, ...]}``, ``pairs`` ``{class: bytes of a u32 array of the positions
     in that list of each pair's first and second token}``; ``text``
     None marks a message gone before it was indexed (only the indexed UID
@@ -283,7 +289,7 @@ def apply_batch(w, upto_seq: int, docs: Iterable[tuple[int, int, int, bytes | No
     batch = _Batch(w)
     indexed: dict[tuple[int, int], int] = {}
     written = 0
-    for user_id, mailbox_id, uid, text, terms, pairs in docs:
+    for user_id, mailbox_id, uid, text, terms, pairs, sortable in docs:
         box = (user_id, mailbox_id)
         if box not in indexed:
             indexed[box] = indexed_uid(w.txn, w.dbs, user_id, mailbox_id)
@@ -292,7 +298,7 @@ def apply_batch(w, upto_seq: int, docs: Iterable[tuple[int, int, int, bytes | No
         indexed[box] = uid
         if text is None:
             continue
-        batch.add(user_id, mailbox_id, uid, text, terms, pairs)
+        batch.add(user_id, mailbox_id, uid, text, terms, pairs, sortable)
         written += 1
     for (user_id, mailbox_id), uid in indexed.items():
         w.txn.put(_map_key(user_id, mailbox_id, 0), keys.u64(uid), db=w.dbs["searchmap"])
@@ -321,6 +327,7 @@ def _remove(w, user_id: int, mailbox_id: int | None, uids: list[int] | None) -> 
         if docno is not None:
             docno = keys.read_u64(docno)
             w.txn.delete(_doc_key(user_id, docno), db=w.dbs["searchdocs"])
+            w.txn.delete(_terms_key(user_id, _SORT_RECORD, keys.u64(docno)), db=w.dbs["searchterms"])
             w.txn.delete(map_key, db=w.dbs["searchmap"])
             segment, offset = divmod(docno, SEGMENT_DOCS)
             cleared.setdefault(segment, []).append(offset)
@@ -339,16 +346,14 @@ def _remove(w, user_id: int, mailbox_id: int | None, uids: list[int] | None) -> 
 # doc. Each operation keeps the index whole on its own, so the live indexer's
 # batches may come between any two.
 
-#: The kinds of a user's ``searchterms`` keys that are the vocabulary (not postings).
-_VOCABULARY = (_VOCAB, _TOKEN, _NEXT_TOKEN)
 _ALL_BITS = (1 << SEGMENT_DOCS) - 1
 
 
-def replace_docs(w, user_id: int, mailbox_id: int, before_docno: int,
-                 docs: Iterable[tuple[int, bytes, dict, dict]]) -> int:
+def replace_docs(w, user_id: int, mailbox_id: int, before_docno: int, docs: Iterable[tuple]) -> int:
     """Give messages of one mailbox new docs under fresh docnos; returns how many got one.
 
-    ``docs`` are ``(uid, text, terms, pairs)`` as in :func:`apply_batch`. A
+    ``docs`` are ``(uid, text, ...)``: the docs of :func:`apply_batch`
+    without their user and mailbox (never a None text). A
     message is replaced only while the index holds it under a docno below
     ``before_docno`` and its UID is at most the mailbox's indexed UID: one
     expunged meanwhile has no doc to replace, one above the indexed UID is the
@@ -376,12 +381,14 @@ def replace_docs(w, user_id: int, mailbox_id: int, before_docno: int,
     return len(held)
 
 
-def compact_postings(w, user_id: int, before_docno: int, start: bytes,
+def compact_postings(w, user_id: int, classes: Iterable[str], before_docno: int, start: bytes,
                      keys_max: int) -> tuple[bytes | None, int]:
     """Clear from up to ``keys_max`` of the user's postings, from ``start`` on
     (b"" for the first), the docnos below ``before_docno`` that have no doc.
 
-    Returns ``(start of the next call, or None after the last posting, offsets
+    ``classes`` are the search package's class bytes (as str): the postings
+    are those of these classes and of their pairs (other records of the
+    same kind byte range are the store's own, never read here). Returns ``(start of the next call, or None after the last posting, offsets
     cleared)``. A posting left empty is deleted, and so is the segment map of
     a segment wholly below ``before_docno`` with no doc left. Docnos from
     ``before_docno`` on are never touched (docs still being added may sit
@@ -396,7 +403,7 @@ def compact_postings(w, user_id: int, before_docno: int, start: bytes,
     changes: list[tuple[bytes, bytes | None]] = []
     cleared = 0
     following = None
-    for key, value in _index_records(w.txn, db, prefix, start):
+    for key, value in _records(w.txn, db, prefix, [*_posting_kinds(classes), _SEGMENT_MAP], start):
         if keys_max <= 0:
             following = key[len(prefix):]
             break
@@ -441,21 +448,23 @@ def _doc_bits(txn, dbs, user_id: int, segment: int, below: int = SEGMENT_DOCS) -
     return posting_bits(encode_posting([offset for offset in range(below) if mailboxes[offset]]))
 
 
-def _index_records(txn, db, prefix: bytes, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-    """``(key, value)`` of a user's ``searchterms`` records from ``prefix + start``
-    on, in key order, without the vocabulary: its postings and segment maps."""
+def _posting_kinds(classes: Iterable[str]) -> list[bytes]:
+    """The kind bytes of the postings of text classes ``classes`` and of their pairs."""
+    return [kind for name in classes for kind in (name.encode("ascii"), pair_kind(name))]
+
+
+def _records(txn, db, prefix: bytes, kinds: Iterable[bytes], start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+    """``(key, value)`` of the ``searchterms`` records under ``prefix`` (a user's)
+    of the kind bytes ``kinds``, in key order, from ``prefix + start`` on."""
     cursor = txn.cursor(db=db)
-    found = cursor.set_range(prefix + start)
-    while found:
-        key = cursor.key()
-        if not key.startswith(prefix):
+    for kind in sorted(kinds):
+        first = prefix + kind
+        if not cursor.set_range(max(first, prefix + start)):
             return
-        kind = _kind(key)
-        if kind in _VOCABULARY:  # one jump over the whole kind, however large
-            found = cursor.set_range(prefix + bytes((kind[0] + 1,)))
-            continue
-        yield key, cursor.value()
-        found = cursor.next()
+        for key, value in cursor:
+            if not key.startswith(first):
+                break
+            yield key, value
 
 
 # ---------------------------------------------------------------- reading
@@ -547,6 +556,20 @@ class SearchIndexReader:
             return list(found)
         return [uid for owner, uid in zip(owners, found) if owner == mailbox_id]
 
+    def sort_records(self, mailbox_id: int, uids: Iterable[int]) -> dict[int, object]:
+        """``{uid: sort record}`` of those of the mailbox's messages that have one."""
+        found = {}
+        if not self._current:
+            return found
+        db = self._dbs["searchterms"]
+        for uid in uids:
+            docno = self.docno(mailbox_id, uid)
+            data = None if docno is None else self._txn.get(
+                _terms_key(self._user_id, _SORT_RECORD, keys.u64(docno)), db=db)
+            if data is not None:
+                found[uid] = records.unpack(data)
+        return found
+
     def doc(self, docno: int) -> tuple[int, int, bytes] | None:
         """``(mailbox id, uid, text)`` of a doc, or None if it was removed."""
         data = self._txn.get(_doc_key(self._user_id, docno), db=self._dbs["searchdocs"])
@@ -569,15 +592,14 @@ class SearchIndexReader:
         data = self._txn.get(_doc_key(self._user_id, 0), db=self._dbs["searchdocs"])
         return 1 if data is None else keys.read_u64(data)
 
-    def posting_counts(self) -> tuple[int, int]:
-        """``(docnos named by the user's postings, those of them naming no doc)``:
-        the second is what :func:`compact_postings` would clear (a scan)."""
+    def posting_counts(self, classes: Iterable[str]) -> tuple[int, int]:
+        """``(docnos named by the user's postings of text classes ``classes`` and
+        their pairs, those of them naming no doc)``: the second is what
+        :func:`compact_postings` would clear (a scan)."""
         named = stale = 0
         live: dict[int, int] = {}
         prefix = _USER.pack(self._user_id)
-        for key, value in _index_records(self._txn, self._dbs["searchterms"], prefix):
-            if _kind(key) == _SEGMENT_MAP:
-                continue
+        for key, value in _records(self._txn, self._dbs["searchterms"], prefix, _posting_kinds(classes)):
             segment = _ID.unpack(key[-4:])[0]
             if segment not in live:
                 live[segment] = _doc_bits(self._txn, self._dbs, self._user_id, segment)

@@ -29,8 +29,9 @@ def test_facts_in_the_child_are_those_of_this_process(worker):
 
 def _sorted(entry):
     """An index entry with its pairs in order (a set's order differs between processes)."""
-    stored, terms, pairs = entry
-    return stored, terms, {name: sorted(zip(*[iter(pair_indexes(found))] * 2)) for name, found in pairs.items()}
+    stored, terms, pairs, sortable = entry
+    return (stored, terms, {name: sorted(zip(*[iter(pair_indexes(found))] * 2)) for name, found in pairs.items()},
+            sortable)
 
 
 def _nice_of(pid: int) -> int:

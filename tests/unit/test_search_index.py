@@ -25,7 +25,8 @@ from mailserverd.search.index import CLASSES, CONTAINS, index_entry, needle_runs
 from mailserverd.search.indexer import Indexer
 from mailserverd.store import keys
 from mailserverd.store.searchindex import FORMAT, SEARCH_FORMAT_KEY
-from mailserverd.search.query import search_indexed
+from mailserverd.imap.sortkeys import SORT_KEYS, SortableMessage
+from mailserverd.search.query import search_indexed, sort_records
 from mailserverd.search.text import MessageText, normalise
 
 from imap_real_store import USER, open_store
@@ -176,7 +177,7 @@ def test_random_programs_agree(corpus):
 def test_tokens_hold_every_match_and_answer_single_runs_exactly(text, needle):
     raw = b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + text.encode()
     facts = compute_facts(raw)
-    _, terms, pairs = index_entry(raw, facts, MIB)
+    _, terms, pairs, _ = index_entry(raw, facts, MIB)
     text, needle = MessageText(lambda: raw, lambda: facts).body(), normalise(needle)
     tokens, indexes = terms[CLASSES["body"]], pair_indexes(pairs[CLASSES["body"]])
     pairs = [(tokens[indexes[n]], tokens[indexes[n + 1]]) for n in range(0, len(indexes), 2)]
@@ -219,3 +220,19 @@ async def test_an_index_of_another_layout_is_never_read_and_is_rebuilt(small_sto
     assert store.search_format(0) == FORMAT and indexed_uid() == infos[-1].uid
     assert _answers(store, box.mailbox_id, infos, key) == (scanned, scanned)
     await indexer.stop()
+
+
+def test_sort_records_of_the_index_are_what_the_facts_give(corpus):
+    store, mailbox_id, infos, _ = corpus
+    kept = sort_records(store, USER, mailbox_id, [info.uid for info in infos])
+    indexed = store.read_search_index(USER, lambda reader: reader.indexed_uid(mailbox_id))
+    assert set(kept) == {info.uid for info in infos if info.uid <= indexed}  # the tail has none yet
+    for number, info in enumerate(infos, 1):
+        if info.uid not in kept:
+            continue
+        from_index = SortableMessage(number, info.uid, info, store, USER, kept[info.uid])
+        from_facts = SortableMessage(number, info.uid, info, store, USER)
+        for name in SORT_KEYS:
+            assert from_index.sort_value(name) == from_facts.sort_value(name), name
+        assert (from_index.references(), from_index.message_id, from_index.is_reply) == \
+            (from_facts.references(), from_facts.message_id, from_facts.is_reply)

@@ -13,6 +13,7 @@ from mailserverd.imap.commands.search import BADCHARSET, run_search
 from mailserverd.imap.parser import ArgCursor, ParseError
 from mailserverd.imap.responses import Completion
 from mailserverd.imap.sortkeys import SORT_KEYS, SortableMessage, SortCriterion, sort_messages
+from mailserverd.search.query import sort_records
 
 __all__ = ["run", "read_sort_criteria", "read_search_criteria", "searched_messages"]
 
@@ -57,13 +58,17 @@ def read_search_criteria(args: ArgCursor) -> search.Key:
 def searched_messages(session, command, key: search.Key, then):
     """A Deferred firing with ``then(messages)``: the messages of the selected
     mailbox that ``key`` matches, in mailbox order, named by UID for the UID
-    form of ``command`` and by sequence number otherwise. ``then`` (sorting,
-    threading) runs where the search does, off the reactor (:func:`run_search`)."""
+    form of ``command`` and by sequence number otherwise, with what the search
+    index keeps of them to sort by. ``then`` (sorting, threading) runs where the
+    search does, off the reactor (:func:`run_search`)."""
     store = session.ctx.store
     user = session.user
+    mailbox_id = session.selected.mailbox_id
+    indexed = getattr(session.ctx, "search", None) is not None
 
     def sortable(found):
-        return then([SortableMessage(seq, info.uid if command.uid else seq, info, store, user)
+        known = sort_records(store, user, mailbox_id, [info.uid for _, info in found]) if indexed else {}
+        return then([SortableMessage(seq, info.uid if command.uid else seq, info, store, user, known.get(info.uid))
                      for seq, info in found])
 
     return run_search(session, session.selected, key, sortable)
