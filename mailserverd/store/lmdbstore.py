@@ -494,12 +494,13 @@ class LMDBStore:
         return self._shard_write(user, lambda u: lambda w: searchindex.replace_docs(
             w, u.user_id, mailbox_id, before_docno, docs), notify=False)
 
-    def compact_search_postings(self, user: str, before_docno: int, start: bytes, keys_max: int) -> Deferred:
-        """Clear stale docnos from up to ``keys_max`` of the user's postings
-        (searchindex.compact_postings); fires with ``(next start or None,
-        offsets cleared)``. Fails with NotFound for an unknown user."""
+    def compact_search_postings(self, user: str, classes: list[str], before_docno: int, start: bytes,
+                                keys_max: int) -> Deferred:
+        """Clear stale docnos from up to ``keys_max`` of the user's postings of
+        text ``classes`` (searchindex.compact_postings); fires with ``(next
+        start or None, offsets cleared)``. Fails with NotFound for an unknown user."""
         return self._shard_write(user, lambda u: lambda w: searchindex.compact_postings(
-            w, u.user_id, before_docno, start, keys_max), notify=False)
+            w, u.user_id, classes, before_docno, start, keys_max), notify=False)
 
     # ---------------------------------------------------------------- the spam classifier (extra)
     # Kept for mailserverd.delivery.bayes: the records are store/spamtokens.py's.

@@ -387,13 +387,15 @@ def compact_postings(w, user_id: int, classes: Iterable[str], before_docno: int,
     (b"" for the first), the docnos below ``before_docno`` that have no doc.
 
     ``classes`` are the search package's class bytes (as str): the postings
-    are those of these classes and of their pairs (other records of the
-    same kind byte range are the store's own, never read here). Returns ``(start of the next call, or None after the last posting, offsets
-    cleared)``. A posting left empty is deleted, and so is the segment map of
-    a segment wholly below ``before_docno`` with no doc left. Docnos from
-    ``before_docno`` on are never touched (docs still being added may sit
-    there), and a cleared docno names no doc, so no search loses a message.
-    The vocabulary stays as it is. An index of another layout is left alone.
+    are those of these classes and of their pairs, named by the caller
+    because the other kinds of ``searchterms`` record (vocabulary, sort
+    records, ...) can have the same key shape. Returns ``(start of the next
+    call, or None after the last posting, offsets cleared)``. A posting left
+    empty is deleted, and so is the segment map of a segment wholly below
+    ``before_docno`` with no doc left. Docnos from ``before_docno`` on are
+    never touched (docs still being added may sit there), and a cleared
+    docno names no doc, so no search loses a message. The vocabulary stays
+    as it is. An index of another layout is left alone.
     """
     if search_format(w.txn, w.dbs) != FORMAT:
         return None, 0
@@ -403,7 +405,8 @@ def compact_postings(w, user_id: int, classes: Iterable[str], before_docno: int,
     changes: list[tuple[bytes, bytes | None]] = []
     cleared = 0
     following = None
-    for key, value in _records(w.txn, db, prefix, [*_posting_kinds(classes), _SEGMENT_MAP], start):
+    found = _records(w.txn, db, prefix, [*_posting_kinds(classes), _SEGMENT_MAP], start)
+    for key, value in found:
         if keys_max <= 0:
             following = key[len(prefix):]
             break
@@ -421,7 +424,8 @@ def compact_postings(w, user_id: int, classes: Iterable[str], before_docno: int,
         kept = bits & live[segment]
         if kept != bits:
             cleared += (bits ^ kept).bit_count()
-            changes.append((key, encode_posting(bit_offsets(kept)) if kept else None))
+            changes.append((key, encode_bits(kept) if kept else None))
+    found.close()  # its cursor, before the writes
     for key, value in changes:
         if value is None:
             w.txn.delete(key, db=db)
@@ -445,7 +449,7 @@ def _kind(key: bytes) -> bytes:
 def _doc_bits(txn, dbs, user_id: int, segment: int, below: int = SEGMENT_DOCS) -> int:
     """The offsets below ``below`` of a segment whose docnos have a doc (as posting_bits gives)."""
     mailboxes, _ = _read_segment_map(txn, dbs, user_id, segment)
-    return posting_bits(encode_posting([offset for offset in range(below) if mailboxes[offset]]))
+    return _bits_of(offset for offset in range(below) if mailboxes[offset])
 
 
 def _posting_kinds(classes: Iterable[str]) -> list[bytes]:
@@ -453,18 +457,19 @@ def _posting_kinds(classes: Iterable[str]) -> list[bytes]:
     return [kind for name in classes for kind in (name.encode("ascii"), pair_kind(name))]
 
 
-def _records(txn, db, prefix: bytes, kinds: Iterable[bytes], start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+def _records(txn, db, prefix: bytes, kinds: Iterable[bytes],
+             start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
     """``(key, value)`` of the ``searchterms`` records under ``prefix`` (a user's)
     of the kind bytes ``kinds``, in key order, from ``prefix + start`` on."""
-    cursor = txn.cursor(db=db)
-    for kind in sorted(kinds):
-        first = prefix + kind
-        if not cursor.set_range(max(first, prefix + start)):
-            return
-        for key, value in cursor:
-            if not key.startswith(first):
-                break
-            yield key, value
+    with txn.cursor(db=db) as cursor:  # closed when the caller stops reading
+        for kind in sorted(kinds):
+            first = prefix + kind
+            if not cursor.set_range(max(first, prefix + start)):
+                return
+            for key, value in cursor:
+                if not key.startswith(first):
+                    break
+                yield key, value
 
 
 # ---------------------------------------------------------------- reading
