@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import signal
 
 import pytest
 
@@ -101,3 +102,33 @@ def test_header_fields_and_envelope():
 def test_broken_mime_never_raises(raw):
     text = text_of(raw)
     assert isinstance(text.body(), str) and isinstance(text.header(), str)
+
+
+@pytest.mark.parametrize("piece", ["<!--", "<script>", "<style x>", "<br", "<p", "<", "<!-- <script> -->"])
+def test_html_of_any_shape_is_reduced_in_one_pass(piece):
+    # 4 MB of openers with no end took hours with lazy regular expressions; the
+    # deadline is generous (a linear pass takes well under a second).
+    markup = piece * (4_000_000 // len(piece)) + "tail"
+    signal.signal(signal.SIGALRM, _too_slow)
+    signal.alarm(60)
+    try:
+        text = html_text(markup)
+    finally:
+        signal.alarm(0)
+    assert text.endswith("tail")
+
+
+def _too_slow(signum, frame):
+    raise AssertionError("html_text took over 60 s: not linear")
+
+
+@pytest.mark.parametrize("markup, text", [
+    ("<!-- a <b> c", " c"),  # an unclosed comment is an ordinary tag
+    ("<script> x <br> y", " x \n y"),  # so is an unclosed script
+    ("a < b", "a < b"),  # a "<" with no ">" after it is text
+    ("<p <b>>", "\n>"),
+    ("x<SCRIPT type=a>var a = '<b>';</script >y<Style>p{}</STYLE>z", "xyz"),
+    ("<div class=a>one</div><li>two", "\none\ntwo"),
+])
+def test_html_edge_cases(markup, text):
+    assert html_text(markup) == text
