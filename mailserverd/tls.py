@@ -4,14 +4,20 @@
 that both ``transport.startTLS()`` and ``TLSMemoryBIOFactory`` take. It loads the
 certificate chain and key from files (pyOpenSSL deprecates the object path), and
 :meth:`ServerTLS.reload` swaps in a new context without touching open
-connections, so SIGHUP can renew certificates with no restart.
+connections, so SIGHUP can renew certificates with no restart. An OCSP
+response in a file beside the certificate (``cert.pem.ocsp``) is stapled.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509 import ocsp
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from zope.interface import implementer
@@ -19,10 +25,25 @@ from zope.interface import implementer
 #: Protocol version names accepted in ``[tls] min_version``.
 TLS_VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
 
-#: Default TLS 1.2 cipher list: forward secrecy and AEAD only (TLS 1.3 suites are fixed).
-DEFAULT_CIPHERS = (
-    "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS"
+#: Default TLS 1.2 cipher list, Mozilla's "intermediate": ECDHE key exchange with
+#: AES-GCM or ChaCha20-Poly1305 only (RFC 9325 §4.2); TLS 1.3 suites are all AEAD.
+#: No DHE: without DH parameters (none are set) OpenSSL never picks it anyway.
+DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS"
+
+#: Set on every server context. The key exchange groups are OpenSSL's defaults
+#: (X25519 and the NIST curves, plus its hybrid post-quantum group where built in).
+SERVER_OPTIONS = (
+    SSL.OP_NO_COMPRESSION  # CRIME, RFC 9325 §3.3
+    | SSL.OP_CIPHER_SERVER_PREFERENCE  # RFC 9325 §4.2.1: our order, not the client's
+    | SSL.OP_NO_RENEGOTIATION  # RFC 9325 §3.5 (TLS 1.3 has no renegotiation)
+    # The ticket key would live as long as the process and undo forward secrecy
+    # for every resumed session (RFC 9325 §3.4); resume from the session cache.
+    | SSL.OP_NO_TICKET
+    | SSL.OP_SINGLE_ECDH_USE
 )
+
+#: Beside the certificate file (as HAProxy does): a DER OCSP response to staple.
+OCSP_SUFFIX = ".ocsp"
 
 
 class TLSSetupError(Exception):
@@ -46,12 +67,7 @@ def build_server_context(settings: TLSSettings) -> SSL.Context:
             raise TLSSetupError(f"TLS {label} file {path!r} does not exist")
     ctx = SSL.Context(SSL.TLS_METHOD)
     ctx.set_min_proto_version(TLS_VERSIONS[settings.min_version])
-    ctx.set_options(
-        SSL.OP_NO_COMPRESSION  # CRIME
-        | SSL.OP_CIPHER_SERVER_PREFERENCE
-        | SSL.OP_NO_RENEGOTIATION
-        | SSL.OP_SINGLE_ECDH_USE
-    )
+    ctx.set_options(SERVER_OPTIONS)
     try:
         ctx.set_cipher_list(settings.ciphers.encode("ascii"))
         ctx.use_certificate_chain_file(settings.cert.encode())
@@ -64,7 +80,79 @@ def build_server_context(settings: TLSSettings) -> SSL.Context:
     # Mail clients resume rarely; a small cache still helps reconnect storms.
     ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
     ctx.set_session_id(b"mailserverd")
+    staple = load_ocsp_staple(settings.cert)
+    if staple is not None:
+        _staple_with(ctx, staple, settings.cert + OCSP_SUFFIX)
     return ctx
+
+
+@dataclass(frozen=True)
+class OCSPStaple:
+    """A DER OCSP response for the server certificate and when it goes stale."""
+
+    der: bytes
+    next_update: datetime.datetime | None
+
+    def current(self, now: datetime.datetime | None = None) -> bytes:
+        """The response while it is fresh, else ``b""`` (nothing is stapled).
+
+        RFC 6960 §4.2.2.1: after nextUpdate a client must not rely on it, so a
+        stale one is worth less than none (a must-staple client rejects either).
+        """
+        now = now or datetime.datetime.now(datetime.timezone.utc)
+        if self.next_update is not None and now >= self.next_update:
+            return b""
+        return self.der
+
+
+def load_ocsp_staple(cert_path: str) -> OCSPStaple | None:
+    """The OCSP response in ``cert_path + ".ocsp"``, or None when there is no such file.
+
+    An external job (a certbot deploy hook, cron) fetches it from the
+    certificate's responder and reloads the server. Raises TLSSetupError
+    when the file is unreadable, not a successful OCSP response (RFC 6960
+    §4.2.1), or about another certificate than the first in ``cert_path``.
+    """
+    path = cert_path + OCSP_SUFFIX
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, "rb") as staple_file, open(cert_path, "rb") as cert_file:
+            der, pem = staple_file.read(), cert_file.read()
+        response = ocsp.load_der_ocsp_response(der)
+        if response.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+            raise ValueError(f"the responder answered {response.response_status.name}")
+        certificate = x509.load_pem_x509_certificates(pem)[0]
+        if not _answers_for(response, certificate):
+            raise ValueError("it is about another certificate")
+        return OCSPStaple(der, response.next_update_utc)
+    except (OSError, ValueError, UnsupportedAlgorithm) as exc:
+        raise TLSSetupError(f"cannot staple the OCSP response {path!r}: {exc}") from exc
+
+
+def _answers_for(response: ocsp.OCSPResponse, certificate: x509.Certificate) -> bool:
+    """Whether ``response`` is about ``certificate``: its serial number and
+    issuer name (RFC 6960 §4.1.1 CertID; the issuer key is not at hand here)."""
+    digest = hashes.Hash(response.hash_algorithm)
+    digest.update(certificate.issuer.public_bytes())
+    return response.serial_number == certificate.serial_number and \
+        response.issuer_name_hash == digest.finalize()
+
+
+def _staple_with(ctx: SSL.Context, staple: OCSPStaple, path: str) -> None:
+    """Make ``ctx`` staple ``staple`` when a client asks (RFC 6066 §8, RFC 8446 §4.4.2.1).
+
+    pyOpenSSL's OCSP hook is a Python callback made with ffi.callback, which
+    needs writable executable memory: refused under MemoryDenyWriteExecute=yes,
+    reported as TLSSetupError naming ``path``.
+    """
+    try:
+        ctx.set_ocsp_server_callback(lambda connection, data: staple.current())
+    except MemoryError as exc:
+        raise TLSSetupError(
+            f"cannot staple the OCSP response {path!r}: stapling needs writable executable "
+            f"memory (MemoryDenyWriteExecute=no); remove the file or allow it ({exc})"
+        ) from exc
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -192,8 +280,7 @@ def write_self_signed(cert_path: str, key_path: str, hostnames: list[str]) -> No
     import datetime
     import ipaddress
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
