@@ -34,6 +34,7 @@ from mailserverd.search.text import MessageText, decode_header_value, normalise
 
 __all__ = [
     "SEARCH_NESTING_MAX",
+    "ProgramTooDeep",
     "SUPPORTED_CHARSETS",
     "RETURN_OPTIONS",
     "UnsupportedCharset",
@@ -71,6 +72,14 @@ _QUOTED_DATE = re.compile(rb'"' + _DATE_TEXT + rb'"')
 _MONTHS = {name: number for number, name in enumerate(
     (b"JAN", b"FEB", b"MAR", b"APR", b"MAY", b"JUN",
      b"JUL", b"AUG", b"SEP", b"OCT", b"NOV", b"DEC"), 1)}
+
+
+class ProgramTooDeep(Exception):
+    """The search program nests deeper than SEARCH_NESTING_MAX: valid syntax
+    beyond a limit of ours, so answered ``NO [LIMIT]`` (RFC 5530 §3), not BAD.
+    ``options`` as for :class:`UnsupportedCharset` (set by parse_search)."""
+
+    options: frozenset[str] | None = None
 
 
 class UnsupportedCharset(Exception):
@@ -236,9 +245,9 @@ def parse_search(args: ArgCursor) -> SearchRequest:
     Takes the cursor positioned after ``SEARCH SP`` (RFC 4466 §2.6 grammar);
     reads to the end of the command. Returns the :class:`SearchRequest`.
     Raises ParseError (tagged BAD) for bad syntax, an unknown key or return
-    option, a string that is not UTF-8, or nesting deeper than
-    :data:`SEARCH_NESTING_MAX`; :class:`UnsupportedCharset` for a CHARSET
-    other than US-ASCII or UTF-8.
+    option, or a string that is not UTF-8; :class:`ProgramTooDeep` for
+    nesting deeper than :data:`SEARCH_NESTING_MAX`; :class:`UnsupportedCharset`
+    for a CHARSET other than US-ASCII or UTF-8.
     """
     options = None
     charset = None
@@ -255,7 +264,11 @@ def parse_search(args: ArgCursor) -> SearchRequest:
             raise UnsupportedCharset(charset, options)
         args.expect_sp()
         word = None
-    return SearchRequest(options, charset, _read_program(args, word))
+    try:
+        return SearchRequest(options, charset, _read_program(args, word))
+    except ProgramTooDeep as refused:
+        refused.options = options
+        raise
 
 
 def parse_search_keys(args: ArgCursor) -> Key:
@@ -263,8 +276,8 @@ def parse_search_keys(args: ArgCursor) -> Key:
 
     For commands whose search program follows their own arguments (SORT and
     THREAD, RFC 5256 §5 search-criteria, after the charset). Returns the
-    program (an :class:`And` of the top-level keys). Raises ParseError as
-    :func:`parse_search` does.
+    program (an :class:`And` of the top-level keys). Raises ParseError and
+    ProgramTooDeep as :func:`parse_search` does.
     """
     return _read_program(args, None)
 
@@ -329,7 +342,7 @@ class _ProgramReader:
     def _nested(self, read: Callable[[], Key]) -> Key:
         self.depth += 1
         if self.depth > SEARCH_NESTING_MAX:
-            raise ParseError("Search program nested too deeply")
+            raise ProgramTooDeep("Search program nested too deeply")
         try:
             return read()
         finally:

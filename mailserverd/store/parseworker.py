@@ -102,8 +102,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         reply = msgpack.packb(_answer(request), use_bin_type=True)
         del request  # not kept while waiting for the next request (it may be megabytes)
-        replies.write(_LENGTH.pack(len(reply)) + reply)
-        replies.flush()
+        try:
+            replies.write(_LENGTH.pack(len(reply)) + reply)
+            replies.flush()
+        except BrokenPipeError:  # the parent is gone (kill -9): as the end of input
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+            return 0
 
 
 class ParseWorker:

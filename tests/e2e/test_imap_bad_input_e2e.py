@@ -133,15 +133,18 @@ def test_malformed_commands_get_bad_and_the_connection_goes_on(daemon):
     still_serves(daemon)
 
 
-def test_deep_nesting_gets_bad(daemon):
+def test_deep_nesting_gets_bad_or_limit(daemon):
     client = selected(daemon)
     nest = b"(" * DEEP + b"%s" + b")" * DEEP
-    for line in (b"SEARCH " + nest % b"ALL", b"SEARCH " + b"NOT " * DEEP + b"ALL",
-                 b"UID SEARCH " + b"(NOT " * DEEP + b"ALL" + b")" * DEEP,
-                 b"FETCH 1 " + nest % b"FLAGS", b"STORE 1 +FLAGS " + nest % b"\\Seen",
+    for line in (b"FETCH 1 " + nest % b"FLAGS", b"STORE 1 +FLAGS " + nest % b"\\Seen",
                  b'LIST "" ' + nest % b"*", b"STATUS INBOX " + nest % b"MESSAGES",
                  b"ID " + nest % b""):
         assert answers(client, line).startswith(b"t BAD "), line[:40]
+    # A search program is valid however deep: over our bound it is NO [LIMIT] (RFC 5530 §3).
+    for line in (b"SEARCH " + nest % b"ALL", b"SEARCH " + b"NOT " * DEEP + b"ALL",
+                 b"UID SEARCH " + b"(NOT " * DEEP + b"ALL" + b")" * DEEP,
+                 b"SORT (DATE) UTF-8 " + b"NOT " * DEEP + b"ALL"):
+        assert answers(client, line).startswith(b"t NO [LIMIT] "), line[:40]
     goes_on(client)
     client.close()
 

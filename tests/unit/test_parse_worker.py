@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -58,3 +61,13 @@ def test_a_dead_child_costs_only_speed(worker):
     worker._process.wait()
     assert worker.parse(RAW) == prepare_message(RAW)  # this process, then a new child
     assert worker.parse(RAW) == prepare_message(RAW)
+
+
+def test_a_child_whose_parent_is_gone_exits_quietly():
+    child = subprocess.Popen([sys.executable, "-m", "mailserverd.store.parseworker"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()  # the reader is gone, as when the daemon was killed
+    child.stdin.write(struct.pack(">I", len(RAW) + 1) + b"F" + RAW)
+    child.stdin.close()
+    assert child.wait(timeout=60) == 0
+    assert child.stderr.read() == b""  # no traceback in the daemon's log

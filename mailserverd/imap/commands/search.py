@@ -30,6 +30,11 @@ from mailserverd.store.errors import StoreError
 #: RFC 9051 §6.4.4 / RFC 5530: the NO answer to an unsupported CHARSET.
 BADCHARSET = "BADCHARSET (" + " ".join(search.SUPPORTED_CHARSETS) + ")"
 
+def too_deep():
+    """The answer to a program nested deeper than we evaluate (RFC 5530 §3)."""
+    return responses.mail_error("NO", responses.LIMIT, "Search program nested too deeply")
+
+
 def saved_uids(mailbox) -> tuple[int, ...]:
     """The UIDs of the saved search result ``$`` of the selected ``mailbox``.
 
@@ -49,17 +54,20 @@ def run(session, command):
 
     Returns a Deferred (the search runs off the reactor, see :func:`run_search`).
     Raises or fails with ParseError (BAD; ``$`` unchanged), MailError ``NO
-    [BADCHARSET (US-ASCII UTF-8)]`` for another charset, or a store error; a
-    NO of a command with SAVE empties ``$`` (RFC 9051 §6.4.4.1).
+    [BADCHARSET (US-ASCII UTF-8)]`` for another charset or ``NO [LIMIT]`` for
+    a program nested too deeply, or a store error; a NO of a command with
+    SAVE empties ``$`` (RFC 9051 §6.4.4.1).
     """
     args = command.args
     args.expect_sp()
     mailbox = session.selected
     try:
         request = search.parse_search(args)
-    except search.UnsupportedCharset as refused:
+    except (search.UnsupportedCharset, search.ProgramTooDeep) as refused:
         if refused.options and "SAVE" in refused.options:
-            _save(mailbox, ())
+            _save(mailbox, ())  # a NO empties $ (RFC 5182 §2.1)
+        if isinstance(refused, search.ProgramTooDeep):
+            raise too_deep() from None
         raise responses.mail_error("NO", BADCHARSET, "Unsupported charset") from None
     reject_search_charset(session, request.charset)  # RFC 6855 §3
     saving = request.options is not None and "SAVE" in request.options

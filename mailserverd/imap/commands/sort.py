@@ -9,7 +9,7 @@ sees it) in one ``* SORT n ...`` response, sorted by the criteria of
 from __future__ import annotations
 
 from mailserverd.imap import responses, search
-from mailserverd.imap.commands.search import BADCHARSET, run_search
+from mailserverd.imap.commands.search import BADCHARSET, run_search, too_deep
 from mailserverd.imap.parser import ArgCursor, ParseError
 from mailserverd.imap.responses import Completion
 from mailserverd.imap.sortkeys import SORT_KEYS, SortableMessage, SortCriterion, sort_messages
@@ -46,13 +46,17 @@ def read_search_criteria(args: ArgCursor) -> search.Key:
 
     The charset is mandatory; US-ASCII and UTF-8 are supported (RFC 5256 §3).
     Returns the search program. Raises ParseError (BAD) for bad syntax and
-    MailError ``NO [BADCHARSET (US-ASCII UTF-8)]`` for another charset.
+    MailError ``NO [BADCHARSET (US-ASCII UTF-8)]`` for another charset or ``NO
+    [LIMIT]`` for a program nested too deeply.
     """
     charset = args.astring().decode("ascii", "replace").upper()
     if charset not in search.SUPPORTED_CHARSETS:
         raise responses.mail_error("NO", BADCHARSET, "Unsupported charset")
     args.expect_sp()
-    return search.parse_search_keys(args)
+    try:
+        return search.parse_search_keys(args)
+    except search.ProgramTooDeep:
+        raise too_deep() from None
 
 
 def searched_messages(session, command, key: search.Key, then):
