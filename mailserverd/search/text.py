@@ -67,8 +67,18 @@ def _decode_raw(data: bytes) -> str:
         return data.decode("latin-1")
 
 
+_ASCII_NAMES = frozenset({"us-ascii", "ascii", "ansi_x3.4-1968", "iso646-us", "646"})
+
+
 def _decode_charset(data: bytes, charset: str | None) -> str:
-    """``data`` in ``charset``; an unknown or non-text charset falls back to :func:`_decode_raw`."""
+    """``data`` in ``charset``; an unknown or non-text charset falls back to :func:`_decode_raw`.
+
+    8-bit text labelled US-ASCII (as an unlabelled text part is, RFC 2045
+    §5.2) is read as :func:`_decode_raw` reads it: mailers that send UTF-8
+    or Latin-1 without saying so are common, and Dovecot reads them so too.
+    """
+    if charset and charset.lower() in _ASCII_NAMES and not data.isascii():
+        charset = None
     if charset:
         try:
             return data.decode(charset, "replace")

@@ -132,3 +132,10 @@ def _too_slow(signum, frame):
 ])
 def test_html_edge_cases(markup, text):
     assert html_text(markup) == text
+
+
+def test_8bit_text_without_a_charset_is_read_as_utf8_else_latin1():
+    for body, word in (("Grüße aus Köln".encode("utf-8"), "köln"), ("Grüße aus Köln".encode("latin-1"), "köln")):
+        raw = b"Subject: x\r\nContent-Type: text/plain\r\n\r\n" + body + b"\r\n"
+        facts = compute_facts(raw)
+        assert word in MessageText(lambda: raw, lambda: facts).body()
