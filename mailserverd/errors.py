@@ -7,7 +7,7 @@ exception from below) is kept for the log, never shown to the client.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,14 @@ class MailError(Exception):
 
     def __str__(self) -> str:
         return f"{self.code} {self.enhanced} {self.text}".replace("  ", " ")
+
+
+def fresh(error):
+    """A new exception equal to ``error``, a module-level reply constant (any
+    dataclass exception): raise this, never the constant itself. Raising one
+    instance again and again chains each raise's frames onto its
+    ``__traceback__``, and with them every session it refused, for good."""
+    return replace(error)
 
 
 class ConfigError(Exception):

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from mailserverd.delivery import authresults
 from mailserverd.delivery.checks import Envelope, Verdict
-from mailserverd.errors import MailError
+from mailserverd.errors import MailError, fresh
 from mailserverd.mail.address import AddressError, canonical, split
 from mailserverd.metrics import Metrics
 from mailserverd.store.errors import OverQuota, StoreError, StoreFull
@@ -202,19 +202,19 @@ class LocalDelivery:
             key = canonical(address)
             _, domain = split(key)
         except AddressError:
-            raise BAD_RECIPIENT from None
+            raise fresh(BAD_RECIPIENT) from None
         try:
             if self._store.get_domain(domain) is None:
                 if remote_allowed and self.outbound is not None:
                     return [key]
-                raise NO_OUTBOUND if remote_allowed else RELAY_DENIED
+                raise fresh(NO_OUTBOUND if remote_allowed else RELAY_DENIED)
             users = list(self._store.resolve(key, self._delimiter))
             if users and all(self._at_quota(user, size) for user in users):
-                raise MAILBOX_FULL  # RFC 3463 X.2.2, decided per recipient
+                raise fresh(MAILBOX_FULL)  # RFC 3463 X.2.2, decided per recipient
             return users
         except StoreError as error:
             log.warn("recipient-check address={address} error={error!r}", address=key, error=error)
-            raise TEMPORARY_FAILURE from error
+            raise fresh(TEMPORARY_FAILURE) from error
 
     def _at_quota(self, address: str, size: int) -> bool:
         user = self._store.get_user(address)
@@ -415,10 +415,10 @@ class LocalDelivery:
                      queue_id=queue_id, user=user, error=error)
         if not missing and len(failures) == len(users) and all(
                 isinstance(error, OverQuota) for error in failures.values()):
-            raise MAILBOX_FULL
+            raise fresh(MAILBOX_FULL)
         if any(isinstance(error, StoreFull) for error in failures.values()):
-            raise STORE_FULL
-        raise TEMPORARY_FAILURE
+            raise fresh(STORE_FULL)
+        raise fresh(TEMPORARY_FAILURE)
 
     def _to_mail_error(self, failure: Failure, queue_id: str) -> Failure:
         """Let MailError through; a StoreError becomes 451; anything else is logged, then 451."""

@@ -29,7 +29,7 @@ from twisted.logger import Logger
 
 from mailserverd.auth.accounts import AuthFailed, AuthThrottled, AuthUnavailable
 from mailserverd.delivery.local import ClientInfo
-from mailserverd.errors import MailError
+from mailserverd.errors import MailError, fresh
 from mailserverd.mail.address import AddressError, canonical, split
 from mailserverd.smtp.params import Transaction
 from mailserverd.store.errors import StoreError
@@ -65,7 +65,7 @@ def authenticate(gateway: Any, request: HTTPRequest):
     403 without TLS, 401 for bad credentials, 429 when throttled or over the
     rate, 503 when passwords cannot be checked now."""
     if not request.secure:
-        raise problems.TLS_REQUIRED
+        raise fresh(problems.TLS_REQUIRED)
     credentials = parse_authorization(request.headers.get("authorization"))
     authenticator = gateway.authenticator
     try:
@@ -151,7 +151,7 @@ def send_message(gateway: Any, request: HTTPRequest, _: str):
         if earlier is not None:
             return _accepted(earlier.message_id, list(earlier.recipients), replayed=True)
         if (principal.user, key) in gateway.sending:
-            raise problems.CONFLICT
+            raise fresh(problems.CONFLICT)
         gateway.sending.add((principal.user, key))
     try:
         result = yield _submit(gateway, principal.user, composed, request, key, now)

@@ -31,6 +31,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 
+from mailserverd.errors import fresh
 from mailserverd.mail.address import AddressError, parse_address, split
 from mailserverd.web import problems
 
@@ -171,7 +172,7 @@ def compose_json(doc: object, hostname: str, when: float) -> Composed:
     Date. Raises Problem for anything invalid, naming the member.
     """
     if not isinstance(doc, dict):
-        raise problems.BAD_JSON
+        raise fresh(problems.BAD_JSON)
     unknown = set(doc) - JSON_MEMBERS
     if unknown:
         raise problems.BAD_REQUEST.with_detail(f"unknown member {sorted(unknown)[0]!r}")

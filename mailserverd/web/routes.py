@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailserverd.errors import fresh
 from mailserverd.mail.address import AddressError, canonical, parse_address, split
 from mailserverd.web import api, autoconfig, problems
 from mailserverd.web.ratelimit import RequestRate
@@ -86,7 +87,7 @@ class Gateway:
         if allowed:  # RFC 9110 §15.5.6: a 405 lists the methods that are
             raise replace(problems.METHOD_NOT_ALLOWED, headers=(("Allow", ", ".join(allowed)),),
                           detail=f"{request.method} is not allowed on {request.path}")
-        raise problems.NOT_FOUND
+        raise fresh(problems.NOT_FOUND)
 
     def _refusal(self, failure: Failure, request: HTTPRequest) -> HTTPResponse:
         if failure.check(problems.Problem):
@@ -142,7 +143,7 @@ def _served_domain(gateway: Gateway, address: str, host: str = "") -> tuple[str,
             if name.startswith(prefix):
                 domain = name[len(prefix):]
     if not domain or gateway.store.get_domain(domain) is None:
-        raise problems.UNKNOWN_DOMAIN
+        raise fresh(problems.UNKNOWN_DOMAIN)
     return address, domain
 
 

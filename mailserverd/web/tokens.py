@@ -15,6 +15,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
+from mailserverd.errors import fresh
 from mailserverd.web import problems
 
 TOKEN_PREFIX = "msd_"
@@ -49,7 +50,7 @@ def parse_authorization(value: bytes | None) -> Credentials:
     """Parse ``Authorization: Bearer TOKEN`` (RFC 6750 §2.1) or ``Basic b64(user:pass)``
     (RFC 7617 §2, UTF-8). Raises Problem 401 for anything else or nothing."""
     if not value or len(value) > AUTHORIZATION_MAX:
-        raise problems.UNAUTHORIZED
+        raise fresh(problems.UNAUTHORIZED)
     scheme, _, rest = value.strip().partition(b" ")
     rest = rest.strip()
     if scheme.lower() == b"bearer" and rest:

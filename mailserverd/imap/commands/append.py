@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
+from mailserverd.errors import fresh
 from mailserverd.imap import responses
 from mailserverd.imap.commands.copy import number_set
 from mailserverd.imap.commands.fetch_items import UNKNOWN_CTE
@@ -104,17 +105,17 @@ def run(session, command) -> Deferred:
         # The literal policy refuses these before they are sent; this is the
         # check that holds whatever the policy.
         if len(message.raw) > limit:
-            raise TOOBIG
+            raise fresh(TOOBIG)
         if not message.raw:
             raise responses.mail_error("NO", None, "Can't save an empty message")
         if not utf8_headers_allowed(session) and has_8bit_header(message.raw):
-            raise UTF8_HEADERS_REFUSED
+            raise fresh(UTF8_HEADERS_REFUSED)
     messages = [_storable(message) for message in messages]
     store = session.ctx.store
     try:
         store.get_mailbox(session.user, mailbox)
     except NotFound:
-        raise TRYCREATE from None
+        raise fresh(TRYCREATE) from None
     return Deferred.fromCoroutine(_store_all(session, mailbox, messages))
 
 
@@ -166,7 +167,7 @@ def _storable(message: AppendMessage) -> AppendMessage:
     try:
         raw = storable_message(message.raw)
     except BinaryContentRefused:
-        raise BINARY_REFUSED from None
+        raise fresh(BINARY_REFUSED) from None
     return message if raw is message.raw else replace(message, raw=raw)
 
 

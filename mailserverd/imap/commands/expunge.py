@@ -11,6 +11,7 @@ from typing import Iterable
 
 from twisted.internet.defer import Deferred
 
+from mailserverd.errors import fresh
 from mailserverd.imap import responses
 from mailserverd.imap.commands.copy import number_set
 from mailserverd.imap.responses import Completion
@@ -33,7 +34,7 @@ def extension_enabled(session, name: str) -> bool:
 def require_writable(session) -> None:
     """Raise ``NO [READ-ONLY]`` if the selected mailbox was opened with EXAMINE."""
     if session.selected.readonly:
-        raise READ_ONLY_REFUSAL
+        raise fresh(READ_ONLY_REFUSAL)
 
 
 def report_expunged(session, uids: Iterable[int]) -> None:
