@@ -157,9 +157,12 @@ class _Plan:
         return found
 
     def text(self, key: search.Key, within: set[int]) -> set[int]:
-        tail = {uid for uid in within if uid > self.indexed_max}
-        found = self.scan(key, tail) if tail else set()
-        head = within - tail if tail else within
+        if max(within) <= self.indexed_max:  # the usual case: all indexed (no per-UID pass)
+            tail, found, head = set(), set(), within
+        else:
+            tail = {uid for uid in within if uid > self.indexed_max}
+            found = self.scan(key, tail)
+            head = within - tail
         runs = needle_runs(key.needle)
         if not runs or len(head) <= self.direct_max:
             return found | self.check(key, head)
@@ -255,10 +258,11 @@ class _Plan:
     def results(self, uids: set[int], records: bool) -> list[tuple[int, object]]:
         """``(seq, MessageInfo)`` of ``uids`` in order (``(seq, uid)`` when not
         ``records``); with records, ones expunged since are left out."""
+        if not records and len(uids) * 16 >= len(self.uids):  # many: one pass over the view
+            return [(seq, uid) for seq, uid in enumerate(self.uids, 1) if uid in uids]
         ordered = sorted(uids)
         if not records:
-            positions = dict(zip(self.uids, range(1, len(self.uids) + 1)))
-            return [(positions[uid], uid) for uid in ordered]
+            return [(bisect.bisect_left(self.uids, uid) + 1, uid) for uid in ordered]
         if self._records is None and len(ordered) <= _RESULT_LOOKUPS_MAX:
             found = []
             for uid in ordered:
