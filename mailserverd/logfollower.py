@@ -15,6 +15,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from mailserverd.store.errors import StoreTemporaryError
+
 log = Logger(namespace="mailserverd.store")
 
 #: Change records read from the log at a time.
@@ -108,9 +110,17 @@ class LogFollower:
     def _tick(self) -> None:
         self._call = None
         self._round = self.catch_up()
-        self._round.addErrback(lambda failure: log.failure("log-follower-error pool={pool}", failure,
-                                                           pool=self.pool_name))
+        self._round.addErrback(self._failed)
         self._round.addBoth(lambda _: self._schedule(getattr(self.limits, self.interval)))
+
+    def _failed(self, failure) -> None:
+        """Log a failed round (the next one retries): the store's own temporary
+        failures (a full disk, a writer backlog) in one line, anything else whole."""
+        if failure.check(StoreTemporaryError):
+            log.warn("log-follower-retry pool={pool} error={error}", pool=self.pool_name,
+                     error=str(failure.value))
+        else:
+            log.failure("log-follower-error pool={pool}", failure, pool=self.pool_name)
 
     def stop(self):
         """Stop following; returns a Deferred that fires when the current round ended."""

@@ -95,17 +95,20 @@ async def test_unbalanced_parentheses_are_bad(store):
 # Every parser that reads nested or parenthesized input, given 10,000 levels
 # (RFC 9051 §9 lets search-key nest without bound; the parsers must not
 # recurse once per level, or RecursionError ends in a NO, not a BAD).
-DEEPLY_NESTED = [
+#: Search programs: valid however deep, so over our bound NO [LIMIT] (RFC 5530 §3).
+DEEP_PROGRAMS = [
     b"SEARCH " + OPEN + b"ALL" + CLOSE,
     b"UID SEARCH " + OPEN + b"ALL" + CLOSE,
     b"SEARCH " + b"NOT " * DEEP + b"ALL",
     b"SEARCH " + b"OR ALL " * DEEP + b"ALL",
     b"SEARCH " + b"OR " * DEEP + b"ALL " * (DEEP + 1),
     b"SEARCH " + b"(NOT " * DEEP + b"ALL" + CLOSE,
-    b"SEARCH RETURN " + OPEN + b"MIN" + CLOSE + b" ALL",
-    b"SORT " + OPEN + b"DATE" + CLOSE + b" UTF-8 ALL",
     b"SORT (DATE) UTF-8 " + OPEN + b"ALL" + CLOSE,
     b"THREAD REFERENCES UTF-8 " + OPEN + b"ALL" + CLOSE,
+]
+DEEPLY_NESTED = [
+    b"SEARCH RETURN " + OPEN + b"MIN" + CLOSE + b" ALL",
+    b"SORT " + OPEN + b"DATE" + CLOSE + b" UTF-8 ALL",
     b"FETCH 1 " + OPEN + b"FLAGS" + CLOSE,
     b"FETCH 1 (BODY[HEADER.FIELDS " + OPEN + b"SUBJECT" + CLOSE + b"])",
     b"FETCH 1 (FLAGS) " + OPEN + b"CHANGEDSINCE 1" + CLOSE,
@@ -132,6 +135,8 @@ async def test_deep_nesting_is_bad_in_every_parser(store):
     client = await selected(store, imap_line_max=MIB)  # room for 10,000 levels of OR
     for line in DEEPLY_NESTED:
         await refused(client, line)
+    for line in DEEP_PROGRAMS:
+        await refused(client, line, rb"NO \[LIMIT\]")
 
 
 def test_wire_value_parser_and_serializer_take_deep_nesting():
