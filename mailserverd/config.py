@@ -150,6 +150,21 @@ def _hostnames(value: object, base: Path) -> tuple[str, ...]:
     return tuple(_hostname(item, base) for item in value)
 
 
+def _networks(value: object, base: Path) -> tuple[str, ...]:
+    """An array of IP networks in CIDR form (``192.0.2.0/24``, ``2001:db8::/32``); a bare
+    address is a network of one."""
+    if not isinstance(value, list):
+        raise _Invalid(f"must be an array of IP networks, got {_toml_type(value)}")
+    networks = []
+    for item in value:
+        text = _require_string(item)
+        try:
+            networks.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            raise _Invalid(f"must be IP networks like 192.0.2.0/24, got {text!r}") from None
+    return tuple(networks)
+
+
 def _delimiter(value: object, base: Path) -> str:
     text = _require_string(value)
     if len(text) > 1 or (text and (text.isalnum() or text in '@."\\ ' or not text.isascii())):
@@ -382,6 +397,22 @@ class InboundConfig:
         doc='A spam score at or above this refuses the message with 550 5.7.1.')
 
 
+@dataclass(frozen=True)
+class AbuseConfig:
+    """``[abuse]``: who the rate limits spare, and greylisting on the MX.
+
+    The numbers (connection and command rates, sessions per account, the
+    greylisting times) are in ``[limits]``; see :mod:`mailserverd.abuse`.
+    """
+
+    exempt_networks: tuple[str, ...] = _key(("127.0.0.0/8", "::1/128"), _networks,
+        doc='Client networks the connection and command rates and greylisting do not apply to '
+            '(webmail, monitoring, a local relay), as Postfix exempts $mynetworks.')
+    greylisting: bool = _key(False, _boolean,
+        doc='Greylist mail on the MX listener: a new (client network, sender, recipient) is '
+            'answered 450 4.7.1 until it is tried again after ``greylist_delay`` (RFC 6647).')
+
+
 def _optional_hostname(value: object, base: Path) -> str:
     """A domain name, or ``""`` for the default."""
     return _hostname(value, base) if _require_string(value) else ""
@@ -434,6 +465,7 @@ class Config:
     dns: DNSConfig = field(default_factory=DNSConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     inbound: InboundConfig = field(default_factory=InboundConfig)
+    abuse: AbuseConfig = field(default_factory=AbuseConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -445,9 +477,9 @@ class Config:
 _TABLES: dict[str, type] = {
     "server": ServerConfig, "tls": TLSConfig, "auth": AuthConfig,
     "dns": DNSConfig, "delivery": DeliveryConfig, "inbound": InboundConfig,
-    "outbound": OutboundConfig, "log": LogConfig, "metrics": MetricsConfig,
+    "abuse": AbuseConfig, "outbound": OutboundConfig, "log": LogConfig, "metrics": MetricsConfig,
 }
-_ALL_TABLES = ("server", "tls", "listener", "auth", "dns", "delivery", "inbound", "outbound",
+_ALL_TABLES = ("server", "tls", "listener", "auth", "dns", "delivery", "inbound", "abuse", "outbound",
                "log", "metrics", "limits")
 
 

@@ -1,4 +1,5 @@
-"""Connection limits shared by every listener: ``connections_max`` and ``connections_per_ip_max``.
+"""Connection limits shared by every listener: ``connections_max``, ``connections_per_ip_max``
+and the abuse guard's ``connections_per_ip_per_minute``.
 
 Each listener's protocol factory is wrapped (inside TLS, so that the refusal
 is readable on implicit-TLS ports) by a :class:`LimitedFactory` that counts
@@ -119,16 +120,24 @@ class _LimitedProtocol(ProtocolWrapper):
     def makeConnection(self, transport):  # noqa: N802 (Twisted's name)
         ip = getattr(transport.getPeer(), "host", "")
         factory = self.factory
-        if factory.counter.admit(ip):
+        guard = factory.guard
+        # The rate first: every attempt counts against it, also one the
+        # concurrency limits refuse (as Postfix's anvil counts them).
+        if guard is not None and not guard.connection_allowed(ip, factory.protocol_name):
+            self._refuse(transport, "rate")
+        elif factory.counter.admit(ip):
             self.admitted = True
             factory.counter.open.add(self)
             factory.metrics.connection_opened(factory.protocol_name, factory.listener)
             ProtocolWrapper.makeConnection(self, transport)
-            return
-        factory.metrics.connection_refused(factory.protocol_name, "limit")
-        log.info("connection-refused protocol={protocol} peer={ip} reason=limit",
-                 protocol=self.factory.protocol_name, ip=ip)
-        # Bypass the wrapped protocol: it never starts.
+        else:
+            log.info("connection-refused protocol={protocol} peer={ip} reason=limit",
+                     protocol=factory.protocol_name, ip=ip)
+            self._refuse(transport, "limit")
+
+    def _refuse(self, transport, reason: str) -> None:
+        """Say the protocol's "try again later" and close; the wrapped protocol never starts."""
+        self.factory.metrics.connection_refused(self.factory.protocol_name, reason)
         self.transport = transport
         transport.write(REFUSALS[self.factory.protocol_name])
         transport.loseConnection()
@@ -168,15 +177,18 @@ class LimitedFactory(WrappingFactory):
     """Wraps a listener's protocol factory with the shared connection limits.
 
     ``protocol_name`` (smtp, imap, pop3) and ``listener`` (its kind, e.g.
-    ``submission``) label what it reports to ``metrics``.
+    ``submission``) label what it reports to ``metrics``. ``guard``, the
+    server's :class:`~mailserverd.abuse.AbuseGuard` (or None), limits the
+    rate of new connections per client network.
     """
 
     protocol = _LimitedProtocol
 
     def __init__(self, wrapped, counter: ConnectionCounter, protocol_name: str,
-                 listener: str = "", metrics: Metrics | None = None):
+                 listener: str = "", metrics: Metrics | None = None, guard: Any = None):
         WrappingFactory.__init__(self, wrapped)
         self.counter = counter
+        self.guard = guard
         self.protocol_name = protocol_name
         self.listener = listener or protocol_name
         self.metrics = metrics if metrics is not None else Metrics()

@@ -47,3 +47,6 @@ class ServerContext:
     #: The :class:`~mailserverd.search.pool.SearchPool` where IMAP searches run
     #: against the search index; None (sessions built without a server): they scan.
     search: "Any" = None
+    #: The :class:`~mailserverd.abuse.AbuseGuard` of the shared abuse limits; None
+    #: (sessions built without a server): no rate or session-count limits.
+    abuse: "Any" = None

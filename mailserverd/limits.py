@@ -112,6 +112,32 @@ LIMIT_SPECS: tuple[LimitSpec, ...] = (
               "Open client connections over all listeners."),
     LimitSpec("connections_per_ip_max", 50, 1, 100000, "count",
               "Open client connections from one IP address."),
+    # --- Abuse limits shared by every protocol (mailserverd/abuse.py)
+    LimitSpec("connections_per_ip_per_minute", 120, 1, 1000000, "count",
+              "New connections one client network (an IPv4 address, an IPv6 /64) may open "
+              "a minute over all listeners; [abuse] exempt_networks are spared."),
+    LimitSpec("commands_per_ip_per_second", 100, 1, 1000000, "count",
+              "Sustained commands a second from one client network over all its sessions "
+              "(SMTP, IMAP, POP3 commands; HTTP requests have http_requests_per_minute)."),
+    LimitSpec("commands_burst_per_ip", 2000, 1, 10000000, "count",
+              "Commands one client network may send at once above commands_per_ip_per_second "
+              "(a client pipelining a resync, a big SMTP batch)."),
+    LimitSpec("sessions_per_account_max", 50, 1, 100000, "count",
+              "Logged-in SMTP, IMAP and POP3 sessions one account may have open at once "
+              "(each device of a user keeps several IMAP connections)."),
+    LimitSpec("abuse_tracked_keys_max", 100000, 100, 10000000, "count",
+              "Client networks each rate limit keeps track of; past it the least recently "
+              "seen one is forgotten."),
+    LimitSpec("greylist_delay", 300, 1, 86400, "seconds",
+              "Time a new (network, sender, recipient) must wait before it is accepted, "
+              "when [abuse] greylisting is on (postgrey's delay)."),
+    LimitSpec("greylist_retry_window", 2 * 86400, 60, 30 * 86400, "seconds",
+              "Time after the first try in which a retry must come to pass greylisting."),
+    LimitSpec("greylist_pass_lifetime", 35 * 86400, 3600, 365 * 86400, "seconds",
+              "How long a (network, sender, recipient) that passed is accepted at once "
+              "after it was last seen (postgrey's max-age)."),
+    LimitSpec("greylist_entries_max", 100000, 100, 10000000, "count",
+              "Greylisting entries kept; past it the least recently seen one is forgotten."),
     # --- HTTP gateway (mailserverd/web/)
     LimitSpec("http_body_max", 72 * MIB, 64 * KIB, 3 * GIB, "bytes",
               "Largest HTTP request body; base64 attachments need about 4/3 of "

@@ -81,7 +81,12 @@ CONNECTIONS_OPEN = MetricSpec(
 CONNECTIONS_REFUSED = MetricSpec(
     "mailserverd_connections_refused", "counter", ("protocol", "reason"),
     "Connections turned away before the session started; reason limit: connections_max or "
-    "connections_per_ip_max reached.")
+    "connections_per_ip_max reached; rate: connections_per_ip_per_minute reached.")
+ABUSE_REFUSALS = MetricSpec(
+    "mailserverd_abuse_refusals", "counter", ("protocol", "limit"),
+    "Connections, commands, logins and recipients refused by an abuse limit "
+    "(mailserverd.abuse), by protocol and limit: connections_per_ip_per_minute, "
+    "commands_per_ip_per_second, sessions_per_account_max, greylisting.")
 TLS_HANDSHAKES = MetricSpec(
     "mailserverd_tls_handshakes", "counter", ("protocol", "version"),
     "TLS handshakes with connecting clients completed (implicit TLS and STARTTLS/STLS), by "
@@ -146,7 +151,8 @@ SEARCH_LAG = MetricSpec(
 
 #: Every metric of a server, in the order the docs list them.
 METRIC_SPECS: tuple[MetricSpec, ...] = (
-    CONNECTIONS, CONNECTIONS_OPEN, CONNECTIONS_REFUSED, TLS_HANDSHAKES, TLS_HANDSHAKE_FAILURES,
+    CONNECTIONS, CONNECTIONS_OPEN, CONNECTIONS_REFUSED, ABUSE_REFUSALS, TLS_HANDSHAKES,
+    TLS_HANDSHAKE_FAILURES,
     LOGINS, MESSAGES_RECEIVED, MESSAGES_DELIVERED, MESSAGES_REJECTED, RECIPIENTS_REJECTED,
     OUTBOUND, QUEUE_ENTRIES, STORE_USED, STORE_MAP_SIZE, STORE_READERS, COMMIT_SECONDS,
     BATCH_OPERATIONS, SEARCH_LAG,
@@ -243,6 +249,10 @@ class Metrics:
     def connection_refused(self, protocol: str, reason: str) -> None:
         """A connection was turned away before its session started."""
         self._metric(CONNECTIONS_REFUSED, protocol, reason).inc()
+
+    def abuse_refused(self, protocol: str, limit: str) -> None:
+        """An abuse limit refused something (see :data:`ABUSE_REFUSALS`)."""
+        self._metric(ABUSE_REFUSALS, protocol, limit).inc()
 
     def tls_handshake(self, protocol: str, version: str) -> None:
         """A TLS handshake completed with ``version`` (``"TLSv1.3"``; ``""`` if unknown)."""

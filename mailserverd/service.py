@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailserverd import listeners, privileges
+from mailserverd.abuse import AbuseGuard
 from mailserverd.auth.accounts import Authenticator
 from mailserverd.config import Config, ListenerConfig, load_config
 from mailserverd.connlimit import ConnectionCounter, LimitedFactory
@@ -131,7 +132,7 @@ def protocol_factory(ctx: ServerContext, listener: ListenerConfig, counter: Conn
     else:
         from mailserverd.pop3.adapter import build_factory
     inner = build_factory(ctx, listener)
-    factory = LimitedFactory(inner, counter, listener.protocol, listener.kind, ctx.metrics)
+    factory = LimitedFactory(inner, counter, listener.protocol, listener.kind, ctx.metrics, ctx.abuse)
     if listener.implicit_tls:
         # RFC 8314 §3: implicit TLS, the TLS handshake comes before any protocol byte.
         factory = TLSMemoryBIOFactory(ctx.tls.server_creator(), False, factory)
@@ -268,6 +269,7 @@ class MailServer:
             metrics=self.metrics,
             queue_store=self.queue_store,
             search=SearchPool(self.reactor, config.limits),
+            abuse=AbuseGuard(self.reactor, config.limits, config.abuse, self.metrics),
         )
         authenticator.start()
         checks.start()
@@ -346,6 +348,7 @@ class MailServer:
         self.config = self.ctx.config = config
         self.connections.total_max = config.limits.connections_max
         self.connections.per_ip_max = config.limits.connections_per_ip_max
+        self.ctx.abuse.configure(config.limits, config.abuse)
         set_level(config.log.level)
         settings = inbound_settings(config)
         if settings != inbound_settings(old):

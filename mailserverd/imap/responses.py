@@ -88,6 +88,11 @@ def mail_error(status: str, code: str | None, text: str, temporary: bool = False
     return MailError(status, code or "", text, temporary)
 
 
+#: Abuse limits (mailserverd.abuse): RFC 5530 §3 LIMIT, "a limit on the
+#: number of simultaneous sessions" or of commands; retrying later works.
+TOO_MANY_COMMANDS = mail_error("NO", LIMIT, "Too many commands, slow down", temporary=True)
+TOO_MANY_SESSIONS = mail_error("NO", LIMIT, "Too many sessions for this account", temporary=True)
+
 #: The answer to an unexpected exception: temporary, and saying nothing of the cause.
 INTERNAL_ERROR = mail_error("NO", UNAVAILABLE, "Internal error, try again later", temporary=True)
 

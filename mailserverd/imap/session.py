@@ -23,7 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailserverd.errors import MailError
+from mailserverd.errors import MailError, fresh
 from mailserverd.imap import responses
 from mailserverd.imap.commands import (
     Command,
@@ -249,6 +249,7 @@ class ImapSession:
         self.closed = True
         self.state = State.LOGOUT
         self._cancel_timers()
+        self._end_login()
 
     # ------------------------------------------------------------------
     # what handlers use
@@ -296,7 +297,15 @@ class ImapSession:
         self._close_after_reply = True
 
     def logged_in(self, user: str) -> None:
-        """Enter the authenticated state as ``user`` (canonical address)."""
+        """Enter the authenticated state as ``user`` (canonical address).
+
+        Raises (a fresh) :data:`~mailserverd.imap.responses.TOO_MANY_SESSIONS`
+        instead when the account has ``sessions_per_account_max`` sessions
+        open; the session stays unauthenticated.
+        """
+        guard = self.ctx.abuse
+        if guard is not None and not guard.session_opened(user, self, self.client_ip, "imap"):
+            raise fresh(responses.TOO_MANY_SESSIONS)
         self.user = user
         self.state = State.AUTHENTICATED
         if self._unauth_timer is not None and self._unauth_timer.active():
@@ -477,6 +486,11 @@ class ImapSession:
         except ParseError:
             self._reply_bad(tag, "Missing or invalid command name")
             return
+        guard = self.ctx.abuse
+        if guard is not None and not guard.command_allowed(self.client_ip, "imap"):
+            error = responses.TOO_MANY_COMMANDS
+            self.send(responses.tagged(tag, error.code, error.text, error.enhanced))
+            return
         spec = lookup(name)
         if spec is None:
             self._reply_bad(tag, "Unknown command")
@@ -621,7 +635,13 @@ class ImapSession:
         self.state = State.LOGOUT
         self.selected = None
         self.closed = True
+        self._end_login()
         self.output.close()
+
+    def _end_login(self) -> None:
+        """No longer count as one of the user's sessions (idempotent)."""
+        if self.user is not None and self.ctx.abuse is not None:
+            self.ctx.abuse.session_closed(self.user, self)
 
     def _cancel_timers(self) -> None:
         for timer in (self._idle_timer, self._unauth_timer):

@@ -112,20 +112,28 @@ def open_maildrop(session: "POP3Session", user: str) -> Reply:
 
     Returns the reply to the PASS or AUTH that succeeded: the maildrop
     summary, ``-ERR [IN-USE]`` if another session holds the lock (the session
-    stays in AUTHORIZATION, RFC 2449 §8.1.2), or a store error reply (the
+    stays in AUTHORIZATION, RFC 2449 §8.1.2), ``-ERR [SYS/TEMP]`` if the account
+    has ``sessions_per_account_max`` sessions open, or a store error reply (the
     lock is released again, also if the store raises something unexpected).
     Side effects: the lock, ``session.enter_transaction``.
     """
     if session.closed:
         return replies.OK_PLAIN  # nobody to tell; enter no state for a dead connection
+    guard = session.ctx.abuse
+    if guard is not None and not guard.session_opened(user, session, session.client_ip, "pop3"):
+        return replies.TOO_MANY_SESSIONS
     locks = maildrop_locks(session.ctx)
     if not locks.acquire(user, session):
+        if guard is not None:
+            guard.session_closed(user, session)
         return replies.MAILDROP_IN_USE
     try:
         return _snapshot_inbox(session, user)
     finally:
-        if session.maildrop is None:  # not entered: free the lock for the next login
+        if session.maildrop is None:  # not entered: free the lock and the count
             locks.release(user, session)
+            if guard is not None:
+                guard.session_closed(user, session)
 
 
 def _snapshot_inbox(session: "POP3Session", user: str) -> Reply:

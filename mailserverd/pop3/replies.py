@@ -156,6 +156,9 @@ AUTH_TEMPORARILY_UNAVAILABLE = err("authentication temporarily unavailable, try 
 NO_SUCH_MESSAGE = err("no such message")
 MESSAGE_GONE = err("message no longer exists")
 TEMPORARY_FAILURE = err("temporary failure, try again later", CODE_SYS_TEMP)
+# Abuse limits (mailserverd.abuse): temporary, RFC 3206 §4.
+TOO_MANY_COMMANDS = err("too many commands, slow down", CODE_SYS_TEMP)
+TOO_MANY_SESSIONS = err("too many sessions for this account", CODE_SYS_TEMP)
 SHUTTING_DOWN = err("server shutting down, try again later", CODE_SYS_TEMP)
 PERMANENT_FAILURE = err("mailbox unavailable", CODE_SYS_PERM)
 # RFC 1939 §6: the reply when the UPDATE state could not remove every marked message.

@@ -243,6 +243,10 @@ class POP3Session:
             # text); refused before any handler could pass one on to a password check.
             self._bad_command(replies.NUL_IN_COMMAND)
             return
+        guard = self.ctx.abuse
+        if guard is not None and not guard.command_allowed(self.client_ip, "pop3"):
+            self._send(replies.TOO_MANY_COMMANDS)
+            return
         keyword, _, rest = line.partition(b" ")
         spec = COMMANDS.get(keyword.upper())  # RFC 1939 §3: keywords are case-insensitive
         if spec is None:
@@ -346,6 +350,8 @@ class POP3Session:
         """Give up the maildrop lock, if this session holds one (idempotent)."""
         if self.maildrop is not None:
             maildrop_locks(self.ctx).release(self.maildrop.user, self)
+            if self.ctx.abuse is not None:
+                self.ctx.abuse.session_closed(self.maildrop.user, self)
 
     def _start_tls(self) -> None:
         """RFC 2595 §4: TLS starts right after the +OK; anything pipelined behind

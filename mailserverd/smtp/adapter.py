@@ -66,6 +66,7 @@ class SMTPServerProtocol(Protocol):
             peer,
             tls_active=bool(self.listener.implicit_tls),
             authenticator=self.ctx.authenticator,
+            guard=self.ctx.abuse,
         )
         self.session.describe_tls = lambda: tls.describe(self.transport)
         self._perform(self.session.greeting())

@@ -84,6 +84,9 @@ def smtp_auth(session: "SMTPSession", arg: bytes) -> ExchangeResult:
             return replies.S501_AUTH_BAD_BASE64
 
     def succeeded(user: str) -> Reply:
+        guard = session.guard
+        if guard is not None and not guard.session_opened(user, session, session.peer.ip, "smtp"):
+            return replies.S454_TOO_MANY_SESSIONS
         session.authenticated_user = user
         return replies.S235_AUTH_OK
 

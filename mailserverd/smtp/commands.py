@@ -240,6 +240,8 @@ def smtp_rcpt(session: "SMTPSession", arg: bytes) -> HandlerResult:
     def accept(users: list[str]) -> Reply:
         if not users:
             return replies.S550_NO_SUCH_USER
+        if _greylisted(session, transaction.sender, recipient):
+            return replies.S450_GREYLISTED
         transaction.add_recipient(recipient, users, options)
         session.phase = Phase.RCPT
         return replies.S250_RECIPIENT_OK
@@ -247,6 +249,15 @@ def smtp_rcpt(session: "SMTPSession", arg: bytes) -> HandlerResult:
     if isinstance(found, Deferred):
         return found.addCallback(accept)
     return accept(found)
+
+
+def _greylisted(session: "SMTPSession", sender: str, recipient: str) -> bool:
+    """Greylisting (``[abuse] greylisting``) applies to mail from other MTAs: on
+    the MX listener, never to an authenticated user; after the recipient is
+    known, so unknown users still get their 550 at once."""
+    return (session.guard is not None and session.policy.kind == "smtp"
+            and not session.authenticated_user
+            and session.guard.greylisted(session.peer.ip, sender or "<>", recipient))
 
 
 def _refuse_parameters() -> dict:

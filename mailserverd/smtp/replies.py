@@ -138,6 +138,13 @@ S452_TOO_MANY_RECIPIENTS = reply(452, "4.5.3", "Too many recipients")
 S454_AUTH_TEMPORARY = reply(454, "4.7.0", "Temporary authentication failure")
 S421_TOO_MANY_AUTH_FAILURES = reply(421, "4.7.0", "Too many authentication failures, closing connection")
 S454_TLS_UNAVAILABLE = reply(454, "4.7.0", "TLS not available")
+# Abuse limits (mailserverd.abuse). RFC 5321 §3.8: 421 when the server must close;
+# RFC 3463 X.7.0: other security or policy status.
+S421_COMMAND_RATE = reply(421, "4.7.0", "Too many commands from your network, closing connection")
+S454_TOO_MANY_SESSIONS = reply(454, "4.7.0", "Too many sessions for this account")
+# Greylisting: a temporary refusal of a recipient (RFC 6647 §2.1 describes the
+# 4xx it relies on; 4.7.1 as postgrey and Postfix's postscreen answer).
+S450_GREYLISTED = reply(450, "4.7.1", "Greylisted, try again later")
 
 # --- permanent failures: syntax and sequence (RFC 5321 §4.2.4, RFC 3463 §3.6)
 S500_UNKNOWN_COMMAND = reply(500, "5.5.1", "Command unrecognized")

@@ -158,11 +158,13 @@ class SMTPSession:
 
     def __init__(self, policy: ListenerPolicy, delivery: RecipientDelivery, limits: Any,
                  hostname: str, peer: Peer, tls_active: bool = False,
-                 authenticator: Any = None):
+                 authenticator: Any = None, guard: Any = None):
         # read and changed by command handlers
         self.policy = policy
         self.delivery = delivery
         self.authenticator = authenticator
+        #: The server's :class:`~mailserverd.abuse.AbuseGuard`, or None (no abuse limits).
+        self.guard = guard
         self.authenticated_user = ""
         self.auth_failures = 0
         #: What the adapter knows of the TLS connection, for Received: ("" when none).
@@ -296,6 +298,12 @@ class SMTPSession:
         self._input.clear()
         self._reader = None
         self._line_reader = None
+        self._end_login()
+
+    def _end_login(self) -> None:
+        """No longer count as one of the authenticated user's sessions (idempotent)."""
+        if self.authenticated_user and self.guard is not None:
+            self.guard.session_closed(self.authenticated_user, self)
 
     @property
     def waiting(self) -> bool:
@@ -382,6 +390,8 @@ class SMTPSession:
         self.commands += 1
         if self.commands > self.limits.smtp_commands_max:
             return self._close_now(replies.S421_TOO_MANY_COMMANDS)
+        if self.guard is not None and not self.guard.command_allowed(self.peer.ip, "smtp"):
+            return self._close_now(replies.S421_COMMAND_RATE)
         if not line.endswith(b"\r\n") or b"\r" in line[:-2] or b"\0" in line:
             return self._answer(replies.S500_BAD_LINE)  # RFC 5321 §2.3.8
         verb, _, arg = line[:-2].partition(b" ")
@@ -479,6 +489,7 @@ class SMTPSession:
         everything learnt before TLS (HELO, ESMTP, transaction)."""
         self._input.clear()
         self.tls_active = True
+        self._end_login()
         self.authenticated_user = ""
         self._line_reader = None
         self.helo_name = None

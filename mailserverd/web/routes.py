@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from mailserverd.errors import fresh
 from mailserverd.mail.address import AddressError, canonical, parse_address, split
 from mailserverd.web import api, autoconfig, problems
-from mailserverd.web.ratelimit import RequestRate
+from mailserverd.ratelimit import TokenBuckets
 from mailserverd.web.wire import XML, HTTPRequest, HTTPResponse, json_response, problem_response
 
 log = Logger(namespace="mailserverd.web")
@@ -46,7 +46,7 @@ class Gateway:
         self.ctx = ctx
         self.in_thread = in_thread
         limits = ctx.config.limits
-        self.rate = RequestRate(ctx.clock, limits.http_requests_per_minute, limits.http_requests_burst)
+        self.rate = TokenBuckets.per_minute(ctx.clock, limits.http_requests_per_minute, limits.http_requests_burst)
         #: (user, idempotency key) of sends in progress (a retry meanwhile gets 409).
         self.sending: set[tuple[str, str]] = set()
 

@@ -21,7 +21,7 @@ from mailserverd.store.types import QueuedMessage, QueueEntry
 from mailserverd.store.webapi import WebMessage, WebToken
 from mailserverd.web import autoconfig, problems
 from mailserverd.web.compose import compose_json, compose_raw
-from mailserverd.web.ratelimit import RequestRate
+from mailserverd.ratelimit import TokenBuckets
 from mailserverd.web.tokens import new_token, parse_authorization, token_hash
 
 ALICE = "alice@example.test"
@@ -161,7 +161,7 @@ def test_tokens_are_long_random_and_parsed_from_bearer_or_basic():
 
 def test_request_rate_allows_a_burst_then_the_sustained_rate_per_key():
     clock = Clock()
-    rate = RequestRate(clock, per_minute=60, burst=3)
+    rate = TokenBuckets.per_minute(clock, per_minute=60, burst=3)
     assert [rate.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
     assert rate.take("a") == 1.0 and rate.take("b") == 0.0
     clock.advance(1)

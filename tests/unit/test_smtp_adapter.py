@@ -60,7 +60,7 @@ class TLSRecordingTransport(StringTransport):
 def make_ctx(delivery, clock, tls=None, **limits):
     config = SimpleNamespace(limits=Limits(**limits), server=SimpleNamespace(hostname=HOST),
                              auth=SimpleNamespace(allow_plaintext=False))
-    return SimpleNamespace(config=config, delivery=delivery, clock=clock, authenticator=None,
+    return SimpleNamespace(config=config, delivery=delivery, clock=clock, authenticator=None, abuse=None,
                            tls=tls or SimpleNamespace(server_creator=lambda: "CREATOR"))
 
 
