@@ -112,6 +112,9 @@ LIMIT_SPECS: tuple[LimitSpec, ...] = (
               "Open client connections over all listeners."),
     LimitSpec("connections_per_ip_max", 50, 1, 100000, "count",
               "Open client connections from one IP address."),
+    LimitSpec("listen_backlog", 511, 1, 65535, "count",
+              "Connections the kernel queues on a listener before the daemon accepts them "
+              "(capped by net.core.somaxconn); systemd's sockets take Backlog= instead."),
     # --- Abuse limits shared by every protocol (mailserverd/abuse.py)
     LimitSpec("connections_per_ip_per_minute", 120, 1, 1000000, "count",
               "New connections one client network (an IPv4 address, an IPv6 /64) may open "

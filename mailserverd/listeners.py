@@ -89,15 +89,16 @@ def match_sockets(listeners: Sequence[ListenerConfig],
 
 
 def listen(reactor: Any, listener: ListenerConfig, factory: Any,
-           sock: socket.socket | None = None) -> Any:
-    """Listen for ``listener`` with ``factory``: bind, or adopt ``sock`` (then closed).
+           sock: socket.socket | None = None, backlog: int = 511) -> Any:
+    """Listen for ``listener`` with ``factory``: bind with ``backlog``, or adopt
+    ``sock`` (then closed; its backlog is what systemd's Backlog= made it).
 
     Returns the listening port with accepting paused (see :func:`resume`).
     Raises ListenerError when the address cannot be bound.
     """
     if sock is None:
         try:
-            port = reactor.listenTCP(listener.port, factory, interface=listener.address)
+            port = reactor.listenTCP(listener.port, factory, backlog=backlog, interface=listener.address)
         except CannotListenError as error:
             raise ListenerError(f"{listener.kind} listener on {_wanted(listener)}: "
                                 f"{error.socketError}") from None

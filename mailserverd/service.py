@@ -296,7 +296,8 @@ class MailServer:
         self._sockets = []
         for listener, sock in zip(self.config.listeners, sockets):
             factory = protocol_factory(self.ctx, listener, self.connections)
-            self.ports.append(listeners.listen(self.reactor, listener, factory, sock))
+            self.ports.append(listeners.listen(self.reactor, listener, factory, sock,
+                                               self.config.limits.listen_backlog))
         endpoint = self.config.metrics
         if endpoint.enabled:
             from mailserverd.web import metrics as metrics_endpoint

@@ -15,7 +15,6 @@ that queries it.
 from __future__ import annotations
 
 import re
-import select
 import socket
 import struct
 import threading
@@ -30,6 +29,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.TXT
 import dns.rrset
+
+import readiness
 
 TTL = 60
 # Negative answers carry an SOA (RFC 2308 §3) as real servers' do, so that
@@ -205,7 +206,7 @@ class TestDNSServer:
     def _serve_udp(self) -> None:
         assert self._udp is not None
         while not self._stopping.is_set():
-            readable, _, _ = select.select([self._udp], [], [], 0.2)
+            readable = readiness.readable([self._udp], 0.2)
             if not readable:
                 continue
             try:
@@ -228,7 +229,7 @@ class TestDNSServer:
     def _serve_tcp(self) -> None:
         assert self._tcp is not None
         while not self._stopping.is_set():
-            readable, _, _ = select.select([self._tcp], [], [], 0.2)
+            readable = readiness.readable([self._tcp], 0.2)
             if not readable:
                 continue
             try:

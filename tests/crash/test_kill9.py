@@ -33,7 +33,9 @@ def message(n: int) -> bytes:
 async def deliver(port: int, n: int, acked: set, enough: asyncio.Event) -> None:
     """One SMTP session; adds ``n`` to ``acked`` only when DATA got its 250."""
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # Bounded: a connect still waiting for its SYN's retry when the daemon dies
+        # was never accepted, so never acknowledged (TimeoutError is an OSError).
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 30)
 
         async def reply() -> bytes:
             while True:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 
 import pytest
 
-from conftest import make_daemon, wait_for
+from conftest import make_daemon, require_program, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -44,4 +45,19 @@ def test_connections_over_the_per_ip_limit_are_refused_with_a_reply(tmp_path):
     finally:
         for sock in open_socks:
             sock.close()
+    daemon.stop()
+
+
+def test_listeners_queue_listen_backlog_connections(tmp_path):
+    """Twisted's own default queue is 50: a burst of more connects than that had
+    SYNs dropped, and those clients waited seconds for the retry."""
+    ss = require_program("ss", "iproute2")
+    daemon = make_daemon(tmp_path / "d", extra_config="listen_backlog = 7")
+    daemon.start()
+    for kind in ("smtp", "imap", "pop3"):
+        port = daemon.ports[kind]
+        # A listening socket's Send-Q column is its backlog.
+        row = subprocess.run([ss, "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
+                             check=True).stdout.split()
+        assert row[:3] == ["LISTEN", "0", "7"], (kind, row)
     daemon.stop()

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import imaplib
 import re
-import select
 import socket
 
 import pytest
 
+import readiness
 from clients import RawImap
 from conftest import make_daemon, raise_nofile, wait_for
 from mailserverd.limits import Limits
@@ -223,7 +223,7 @@ def test_commands_pipelined_after_starttls_are_discarded(daemon):
 
 def _greeted(sockets: list[socket.socket], pending: set[int], seen: dict[int, bytes]) -> bool:
     """Read what has arrived; True once every socket has its whole greeting line."""
-    readable, _, _ = select.select([sockets[i] for i in pending], [], [], 0.5)
+    readable = readiness.readable([sockets[i] for i in pending], 0.5)
     for sock in readable:
         index = sockets.index(sock)
         seen[index] = seen.get(index, b"") + sock.recv(4096)
@@ -246,7 +246,7 @@ def test_a_thousand_idle_connections_do_not_stop_a_client(daemon):
         assert all(greeting.startswith(b"* OK ") for greeting in seen.values())
         still_serves(daemon)  # TLS, LOGIN, SELECT, FETCH while the 1,000 wait
         # The idle ones are all still open: nothing to read, no end of file.
-        readable, _, _ = select.select(idle, [], [], 0)
+        readable = readiness.readable(idle, 0)
         assert readable == [], f"{len(readable)} idle connections were closed or written to"
     finally:
         for sock in idle:

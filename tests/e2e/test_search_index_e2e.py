@@ -20,10 +20,10 @@ import base64
 import quopri
 import random
 import re
-import select
 
 import pytest
 
+import readiness
 from clients import RawImap, smtp_send
 from conftest import require_shared
 from search_support import (ALICE, IDLE_INDEXER, index_lag, login, multiappend, restart_indexed, search_daemon,
@@ -436,7 +436,7 @@ def long_mailbox() -> list[bytes]:
 
 
 def _nothing_to_read(client: RawImap) -> bool:
-    readable, _, _ = select.select([client.sock], [], [], 0)
+    readable = readiness.readable([client.sock], 0)
     return not readable and not client.sock.pending() and not client.buffer
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import os
 import random
-import select
 import shutil
 import smtplib
 import socket
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import pytest
 
+import readiness
 from clients import imap_fetch_all
 from conftest import IN_CI, free_ports, make_daemon, require_program, wait_for
 
@@ -127,7 +127,7 @@ class RecordingRelay:
         hold_started: float | None = None
         try:
             while True:
-                readable, _, _ = select.select([client, server], [], [], 0.5)
+                readable = readiness.readable([client, server], 0.5)
                 if client in readable:
                     data = client.recv(65536)
                     if not data:
