@@ -15,7 +15,11 @@ repository's disk:
    (the scan on a sample of runs: it takes seconds), and SORT (DATE) and
    THREAD REFERENCES over the search result.
 
-Run: .venv/bin/python bench/search.py [--messages N] [--runs N]
+Run: .venv/bin/python bench/search.py [--messages N] [--runs N] [--scan-runs N] [--store DIR]
+
+With ``--store DIR`` the built store is kept in DIR, and a later run with the
+same DIR measures its searches again without building it (steps 1 and 2 are
+skipped); ``--scan-runs 0`` leaves the scans out.
 """
 
 from __future__ import annotations
@@ -147,12 +151,10 @@ def timed(function, runs: int) -> tuple[list[float], object]:
     return samples, result
 
 
-async def main(reactor, count: int, runs: int, scan_runs: int) -> None:
-    workdir = tempfile.mkdtemp(prefix=".search-bench-", dir=str(REPO))
-    limits = Limits(store_map_size=64 * GIB)
+async def build(reactor, workdir: str, limits: Limits, count: int) -> tuple[LMDBStore, Indexer]:
+    """Steps 1 and 2: the indexed store of ``count`` messages, its indexer stopped."""
     plain = store = indexer = None
     try:
-        print(f"messages: {count}, cpus: {os.cpu_count()}, work dir {workdir}")
         # Delivery with and without the indexer, in alternating rounds, so that a
         # change in the machine's load weighs on both sides alike.
         plain = await open_store(os.path.join(workdir, "plain"), limits)
@@ -179,6 +181,38 @@ async def main(reactor, count: int, runs: int, scan_runs: int) -> None:
         indexed = indexer.indexed - before
         print(f"indexing catch-up:         {indexed / (time.perf_counter() - start):8.0f} messages/s "
               f"({indexed} messages)")
+        return store, indexer
+    except BaseException:
+        for opened in (plain, store):
+            if opened is not None and opened._running:
+                await opened.stop()
+        raise
+
+
+async def reopen(reactor, workdir: str, limits: Limits) -> tuple[LMDBStore, Indexer]:
+    """The store a run with ``--store`` kept, its index caught up."""
+    store = LMDBStore.open(os.path.join(workdir, "indexed"), 1, limits)
+    store.start()
+    indexer = Indexer(store, limits, reactor)
+    await indexer.catch_up()
+    return store, indexer
+
+
+async def main(reactor, count: int, runs: int, scan_runs: int, keep: str | None) -> None:
+    workdir = keep or tempfile.mkdtemp(prefix=".search-bench-", dir=str(REPO))
+    built = os.path.join(workdir, "built")
+    limits = Limits(store_map_size=64 * GIB)
+    store = indexer = None
+    try:
+        print(f"messages: {count}, cpus: {os.cpu_count()}, work dir {workdir}")
+        if os.path.exists(built):
+            print("the store of an earlier run, kept: no delivery or indexing figures")
+            store, indexer = await reopen(reactor, workdir, limits)
+        else:
+            os.makedirs(workdir, exist_ok=True)
+            store, indexer = await build(reactor, workdir, limits, count)
+            if keep:
+                Path(built).touch()
         box = store.get_mailbox(USER, "INBOX")
         infos = store.list_messages(USER, box.mailbox_id)
         mail_size = sum(info.size for info in infos)
@@ -196,9 +230,10 @@ async def main(reactor, count: int, runs: int, scan_runs: int) -> None:
             samples, found = timed(lambda: search_indexed(key, box.mailbox_id, uids, scope, 200,
                                                           records=False), runs)
             print(f"index {program.decode('utf-8'):32s} {percentiles(samples)}  {len(found)} found")
-            samples, scanned = timed(lambda: search.search_messages(key, messages, scope), scan_runs)
-            assert [(seq, info.uid) for seq, info in scanned] == found, program
-            print(f"scan  {program.decode('utf-8'):32s} {percentiles(samples)}")
+            if scan_runs:
+                samples, scanned = timed(lambda: search.search_messages(key, messages, scope), scan_runs)
+                assert [(seq, info.uid) for seq, info in scanned] == found, program
+                print(f"scan  {program.decode('utf-8'):32s} {percentiles(samples)}")
         def sortable():  # as SORT and THREAD run: the index's sort records, no facts read
             known = sort_records(store, USER, box.mailbox_id, uids)
             return [SortableMessage(seq, info.uid, info, store, USER, known.get(info.uid))
@@ -213,12 +248,12 @@ async def main(reactor, count: int, runs: int, scan_runs: int) -> None:
                            max(1, scan_runs))
         print(f"SORT (DATE) ALL from the facts         {percentiles(samples)}")
     finally:
-        for opened in (plain, store):
-            if opened is not None and opened._running:
-                await opened.stop()
         if indexer is not None:
             await indexer.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if store is not None and store._running:
+            await store.stop()
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
@@ -226,6 +261,7 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--scan-runs", type=int, default=2)
+    parser.add_argument("--store", help="keep the built store here, or reuse the one kept here")
     options = parser.parse_args()
     task.react(lambda reactor: task.Deferred.fromCoroutine(
-        main(reactor, options.messages, options.runs, options.scan_runs)))
+        main(reactor, options.messages, options.runs, options.scan_runs, options.store)))

@@ -26,6 +26,7 @@ message at a time:
 from __future__ import annotations
 
 import bisect
+from itertools import compress, count
 
 from mailserverd.imap import search
 from mailserverd.search.index import CLASSES, CONTAINS, grams_of, needle_runs, stored_text, token_fits
@@ -76,6 +77,12 @@ class _Stored:
 def _union(into: dict[int, int], segments: dict[int, int]) -> None:
     for segment, bits in segments.items():
         into[segment] = into.get(segment, 0) | bits
+
+
+def _intersect(left: dict[int, int], right: dict[int, int]) -> dict[int, int]:
+    """The ``{segment: bits}`` in both (no segment left with no bit)."""
+    return {segment: bits & right[segment] for segment, bits in left.items()
+            if segment in right and bits & right[segment]}
 
 
 class _Plan:
@@ -157,7 +164,8 @@ class _Plan:
         return found
 
     def text(self, key: search.Key, within: set[int]) -> set[int]:
-        if max(within) <= self.indexed_max:  # the usual case: all indexed (no per-UID pass)
+        # The usual case, all indexed, seen without a pass over ``within``.
+        if self.uids[-1] <= self.indexed_max or max(within) <= self.indexed_max:
             tail, found, head = set(), set(), within
         else:
             tail = {uid for uid in within if uid > self.indexed_max}
@@ -214,9 +222,7 @@ class _Plan:
             docs: dict[int, int] = {}
             for token_id in self.token_ids(run, mode):
                 _union(docs, self.reader.term_segments(name, token_id))
-            result = docs if result is None else {
-                segment: bits & docs[segment] for segment, bits in result.items()
-                if segment in docs and bits & docs[segment]}
+            result = docs if result is None else _intersect(result, docs)
             if not result:
                 break
         result = result or {}
@@ -242,8 +248,7 @@ class _Plan:
                               key=lambda segments: sum(bits.bit_count() for bits in segments.values()))
             common = dict(postings[0])
             for segments in postings[1:]:
-                common = {segment: bits & segments[segment] for segment, bits in common.items()
-                          if segment in segments and bits & segments[segment]}
+                common = _intersect(common, segments)
             ids = [token_id for token_id in _offsets(common) if token_fits(self.reader.token(token_id), run, mode)]
         self._token_ids[(run, mode)] = ids
         return ids
@@ -252,14 +257,14 @@ class _Plan:
         """The UIDs of this mailbox's messages among the docs of ``segments``."""
         found: list[int] = []
         for segment in sorted(segments):
-            found.extend(self.reader.messages(segment, bit_offsets(segments[segment]), self.mailbox_id))
+            found.extend(self.reader.members(segment, segments[segment], self.mailbox_id))
         return found
 
     def results(self, uids: set[int], records: bool) -> list[tuple[int, object]]:
         """``(seq, MessageInfo)`` of ``uids`` in order (``(seq, uid)`` when not
         ``records``); with records, ones expunged since are left out."""
-        if not records and len(uids) * 16 >= len(self.uids):  # many: one pass over the view
-            return [(seq, uid) for seq, uid in enumerate(self.uids, 1) if uid in uids]
+        if not records and len(uids) * 16 >= len(self.uids):  # many: one pass over the view, in C
+            return list(compress(zip(count(1), self.uids), map(uids.__contains__, self.uids)))
         ordered = sorted(uids)
         if not records:
             return [(bisect.bisect_left(self.uids, uid) + 1, uid) for uid in ordered]

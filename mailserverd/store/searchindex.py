@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import struct
 from array import array
-from operator import itemgetter
+from itertools import compress
 from typing import Iterable, Iterator
 
 from mailserverd.store import keys, records, shard
@@ -143,6 +143,15 @@ def bit_offsets(bits: int) -> list[int]:
 
 
 _BYTE_BITS = tuple(tuple(bit for bit in range(8) if value >> bit & 1) for value in range(256))
+_FLAG_OF_DIGIT = bytes.maketrans(b"01", b"\x00\x01")
+_ALL_DIGITS = "0%db" % SEGMENT_DOCS
+
+
+def bit_flags(bits: int) -> bytes:
+    """``SEGMENT_DOCS`` bytes whose byte ``n`` is 1 where bit ``n`` of ``bits`` is set,
+    else 0: a selector for :func:`itertools.compress`, made and used in C, where
+    :func:`bit_offsets` takes a step per byte in Python."""
+    return format(bits, _ALL_DIGITS)[::-1].encode("ascii").translate(_FLAG_OF_DIGIT)
 
 
 def _merge_postings(w, db, postings: dict[bytes, list[int]]) -> None:
@@ -544,21 +553,21 @@ class SearchIndexReader:
         prefix = _PAIR_KEY.pack(self._user_id, pair_kind(name), first_id, second_id, 0)[:-4]
         return _segments(self._txn, self._dbs["searchterms"], prefix)
 
-    def messages(self, segment: int, offsets: list[int], mailbox_id: int) -> list[int]:
-        """The UIDs of the docnos ``segment * SEGMENT_DOCS + offset`` that are
-        messages of ``mailbox_id`` (removed docs and other mailboxes' left out)."""
-        if not offsets:
+    def members(self, segment: int, bits: int, mailbox_id: int) -> list[int]:
+        """The UIDs, ascending by docno, of the docnos ``segment * SEGMENT_DOCS + n``
+        for each bit ``n`` set in ``bits`` that are messages of ``mailbox_id``
+        (removed docs and other mailboxes' left out)."""
+        if not bits:
             return []
         segment_map = self._maps.get(segment)
         if segment_map is None:
             segment_map = self._maps[segment] = _read_segment_map(self._txn, self._dbs, self._user_id, segment)
         mailboxes, uids = segment_map
-        pick = itemgetter(*offsets)
-        if len(offsets) == 1:
-            return [uids[offsets[0]]] if mailboxes[offsets[0]] == mailbox_id else []
-        owners, found = pick(mailboxes), pick(uids)
+        flags = bit_flags(bits)
+        found = list(compress(uids, flags))
+        owners = list(compress(mailboxes, flags))
         if owners.count(mailbox_id) == len(owners):
-            return list(found)
+            return found
         return [uid for owner, uid in zip(owners, found) if owner == mailbox_id]
 
     def sort_records(self, mailbox_id: int, uids: Iterable[int]) -> dict[int, object]:

@@ -114,7 +114,7 @@ def index_holdings(store, user: str, mailbox_id: int):
             mapped.append(uid)
         named = []
         for segment in range(reader.next_docno() // SEGMENT_DOCS + 1):
-            named += reader.messages(segment, list(range(SEGMENT_DOCS)), mailbox_id)
+            named += reader.members(segment, (1 << SEGMENT_DOCS) - 1, mailbox_id)
         return reader.indexed_uid(mailbox_id), mapped, named
 
     return store.read_search_index(user, read)

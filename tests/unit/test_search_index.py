@@ -24,7 +24,7 @@ from mailserverd.mail.facts import compute_facts
 from mailserverd.search.index import CLASSES, CONTAINS, index_entry, needle_runs, pair_indexes, token_fits
 from mailserverd.search.indexer import Indexer
 from mailserverd.store import keys
-from mailserverd.store.searchindex import FORMAT, SEARCH_FORMAT_KEY
+from mailserverd.store.searchindex import FORMAT, SEARCH_FORMAT_KEY, SEGMENT_DOCS, bit_flags, bit_offsets
 from mailserverd.imap.sortkeys import SORT_KEYS, SortableMessage
 from mailserverd.search.query import search_indexed, sort_records
 from mailserverd.search.text import MessageText, normalise
@@ -236,3 +236,11 @@ def test_sort_records_of_the_index_are_what_the_facts_give(corpus):
             assert from_index.sort_value(name) == from_facts.sort_value(name), name
         assert (from_index.references(), from_index.message_id, from_index.is_reply) == \
             (from_facts.references(), from_facts.message_id, from_facts.is_reply)
+
+
+@given(st.sets(st.integers(0, SEGMENT_DOCS - 1)))
+def test_bit_flags_select_exactly_the_set_offsets(offsets):
+    bits = sum(1 << offset for offset in offsets)
+    flags = bit_flags(bits)
+    assert len(flags) == SEGMENT_DOCS and set(flags) <= {0, 1}
+    assert [offset for offset in range(SEGMENT_DOCS) if flags[offset]] == sorted(offsets) == bit_offsets(bits)
