@@ -21,7 +21,7 @@ lag.
 
 from __future__ import annotations
 
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from twisted.internet.defer import inlineCallbacks
 
@@ -120,30 +120,21 @@ class Indexer(LogFollower):
         self.progress = progress
         self._workers = [ParseWorker(f"search-index-{number}", nice=limits.search_index_nice)
                          for number in range(limits.search_index_workers)]
+        self._feeders = ThreadPoolExecutor(len(self._workers), thread_name_prefix="search-index-feed")
 
     def _extract(self, store, shard_number: int, blob_ids: list[bytes], text_max: int) -> dict:
-        """:func:`extract_here` spread over the worker processes, one thread each."""
-        found: dict[bytes, tuple] = {}
-        failures: list[BaseException] = []
-
-        def work(worker, share):
+        """:func:`extract_here` spread over the worker processes, one feeding
+        thread each; the first failure is raised here."""
+        def extract_share(worker, share):
             def entry(raw, facts, text_max):
                 return entry_from_wire(worker.call(_ENTRY_IN_WORKER, raw, facts, text_max))
-            try:
-                found.update(extract_here(store, shard_number, share, text_max, entry))
-            except BaseException as failure:  # re-raised in the calling thread
-                failures.append(failure)
+            return extract_here(store, shard_number, share, text_max, entry)
 
         count = len(self._workers)
-        threads = [threading.Thread(target=work, args=(worker, blob_ids[number::count]),
-                                    name=worker.name, daemon=True)
-                   for number, worker in enumerate(self._workers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if failures:
-            raise failures[0]
+        found: dict[bytes, tuple] = {}
+        for entries in self._feeders.map(extract_share, self._workers,
+                                         [blob_ids[number::count] for number in range(count)]):
+            found.update(entries)
         return found
 
     def position(self, shard_number: int) -> int:
@@ -172,4 +163,9 @@ class Indexer(LogFollower):
 
     def stop(self):
         """Stop following (see LogFollower.stop), then end the worker process."""
-        return super().stop().addCallback(lambda _: [worker.stop() for worker in self._workers])
+        def end(_):
+            self._feeders.shutdown(wait=False, cancel_futures=True)
+            for worker in self._workers:
+                worker.stop()
+
+        return super().stop().addCallback(end)

@@ -287,15 +287,20 @@ def _offsets(segments: dict[int, int]) -> list[int]:
 
 
 def search_indexed(key: search.Key, mailbox_id: int, uids: list[int], scope: search.SearchScope,
-                   direct_max: int, records: bool = True) -> list[tuple[int, object]]:
+                   direct_max: int, records: bool = True, with_sort_records: bool = False):
     """The ``(seq, MessageInfo)`` of the view ``uids`` (ascending; seq = position + 1)
     that ``key`` matches, exactly as :func:`mailserverd.imap.search.search_messages`
     answers; with ``records`` false, ``(seq, uid)`` (no record is read for the
     answer, and a message expunged since may be in it, as RFC 2180 §4.1.3 allows).
-    Blocking; raises the store's errors."""
+    With ``with_sort_records``, ``(found, {uid: sort record})``: what the index
+    keeps to sort the found by, taken in the same read. Blocking; raises the
+    store's errors."""
     def evaluate(reader):
         plan = _Plan(reader, scope, mailbox_id, uids, direct_max)
-        return plan.results(plan.run(key, set(uids)), records)
+        found = plan.results(plan.run(key, set(uids)), records)
+        if not with_sort_records:
+            return found
+        return found, reader.sort_records(mailbox_id, [info.uid for _, info in found])
 
     return scope.store.read_search_index(scope.user, evaluate)
 

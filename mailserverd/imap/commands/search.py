@@ -107,10 +107,12 @@ def _answer(session, command, mailbox, request, found) -> Completion:
     return Completion("Search completed")
 
 
-def run_search(session, mailbox, key, then=None, records: bool = True):
+def run_search(session, mailbox, key, then=None, records: bool = True, sort_records: bool = False):
     """A Deferred firing with the ``(seq, MessageInfo)`` of the session's messages
     that ``key`` matches (``(seq, uid)`` when not ``records``), or with
-    ``then(those)`` when ``then`` is given.
+    ``then(those)`` when ``then`` is given. With ``sort_records``, ``(those,
+    {uid: sort record})`` instead of ``those``: what the index keeps to sort
+    them by (nothing without the index: each message's facts are read).
 
     The session's sequence map decides which messages exist and their
     numbers (RFC 3501 §7.4.1), taken when the call is made; one expunged by
@@ -140,8 +142,10 @@ def run_search(session, mailbox, key, then=None, records: bool = True):
             found = _scan(key, mailbox_id, uids, scope)
             if not records:
                 found = [(seq, info.uid) for seq, info in found]
+            if sort_records:
+                found = found, {}
         else:
-            found = search_indexed(key, mailbox_id, uids, scope, pool.direct_max, records)
+            found = search_indexed(key, mailbox_id, uids, scope, pool.direct_max, records, sort_records)
         return found if then is None else then(found)
 
     return maybeDeferred(work) if pool is None else pool.run(work)

@@ -13,7 +13,6 @@ from mailserverd.imap.commands.search import BADCHARSET, run_search, too_deep
 from mailserverd.imap.parser import ArgCursor, ParseError
 from mailserverd.imap.responses import Completion
 from mailserverd.imap.sortkeys import SORT_KEYS, SortableMessage, SortCriterion, sort_messages
-from mailserverd.search.query import sort_records
 
 __all__ = ["run", "read_sort_criteria", "read_search_criteria", "searched_messages"]
 
@@ -67,16 +66,13 @@ def searched_messages(session, command, key: search.Key, then):
     search does, off the reactor (:func:`run_search`)."""
     store = session.ctx.store
     user = session.user
-    mailbox_id = session.selected.mailbox_id
-    indexed = getattr(session.ctx, "search", None) is not None
 
-    def sortable(found):
-        known = sort_records(store, user, mailbox_id, [info.uid for _, info in found]) if indexed else {}
+    def sortable(found_and_known):
+        found, known = found_and_known
         return then([SortableMessage(seq, info.uid if command.uid else seq, info, store, user, known.get(info.uid))
                      for seq, info in found])
 
-    return run_search(session, session.selected, key, sortable)
-
+    return run_search(session, session.selected, key, sortable, sort_records=True)
 
 def run(session, command):
     """``[UID] SORT SP sort-criteria SP search-criteria``: one ``* SORT`` response
