@@ -34,6 +34,7 @@ its own temporary error (:data:`REFUSALS`).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import OrderedDict
 from typing import Any
@@ -149,30 +150,39 @@ class AbuseGuard:
             self.greylist = Greylist(self._clock, *greylist)
         self._greylist_settings = greylist
         self._exempt = tuple(ipaddress.ip_network(text) for text in settings.exempt_networks)
+        # Each command asks about its client: its address is parsed once, not per
+        # command (made anew here, as the exempt networks may have changed).
+        self._client = functools.lru_cache(maxsize=keys_max)(self._classify)
         self._limits = limits
 
-    def exempt(self, ip: str) -> bool:
-        """Whether ``ip`` is in ``[abuse] exempt_networks``."""
+    def _classify(self, ip: str) -> tuple[str, bool]:
+        """``(client_network(ip), whether ip is exempt)``."""
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:
-            return False
+            return ip, False
         if address.version == 6 and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
-        return any(address in network for network in self._exempt)
+        return client_network(ip), any(address in network for network in self._exempt)
+
+    def exempt(self, ip: str) -> bool:
+        """Whether ``ip`` is in ``[abuse] exempt_networks``."""
+        return self._client(ip)[1]
 
     # --- the limits
 
     def connection_allowed(self, ip: str, protocol: str) -> bool:
         """Count a new connection from ``ip``; False (logged) past the rate."""
-        if self.exempt(ip) or not self._connections.take(client_network(ip)):
+        network, exempt = self._client(ip)
+        if exempt or not self._connections.take(network):
             return True
         self.refused(CONNECTION_RATE, protocol, ip)
         return False
 
     def command_allowed(self, ip: str, protocol: str) -> bool:
         """Count one command from ``ip``; False (logged) past the rate."""
-        if self.exempt(ip) or not self._commands.take(client_network(ip)):
+        network, exempt = self._client(ip)
+        if exempt or not self._commands.take(network):
             return True
         self.refused(COMMAND_RATE, protocol, ip)
         return False
@@ -207,7 +217,7 @@ class AbuseGuard:
         on, not exempt, triplet not passed yet); a deferral is logged."""
         if self.greylist is None or self.exempt(ip):
             return False
-        if self.greylist.check(client_network(ip), sender, recipient):
+        if self.greylist.check(self._client(ip)[0], sender, recipient):
             return False
         self._metrics.abuse_refused("smtp", GREYLISTED)
         log.info("greylisted ip={ip} sender={sender!r} recipient={recipient!r}",

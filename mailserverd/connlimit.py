@@ -57,9 +57,18 @@ class ConnectionCounter:
         self.open: set["_LimitedProtocol"] = set()
         self._all_closed: list[Deferred] = []
 
+    def refusing_limit(self, ip: str) -> str | None:
+        """The name of the limit a new connection from ``ip`` would pass
+        (``connections_max`` or ``connections_per_ip_max``), or None."""
+        if self.total >= self.total_max:
+            return "connections_max"
+        if self.by_ip[ip] >= self.per_ip_max:
+            return "connections_per_ip_max"
+        return None
+
     def admit(self, ip: str) -> bool:
         """Count a new connection from ``ip`` if both limits allow it; say whether they did."""
-        if self.total >= self.total_max or self.by_ip[ip] >= self.per_ip_max:
+        if self.refusing_limit(ip) is not None:
             return False
         self.total += 1
         self.by_ip[ip] += 1
@@ -131,8 +140,13 @@ class _LimitedProtocol(ProtocolWrapper):
             factory.metrics.connection_opened(factory.protocol_name, factory.listener)
             ProtocolWrapper.makeConnection(self, transport)
         else:
-            log.info("connection-refused protocol={protocol} peer={ip} reason=limit",
-                     protocol=factory.protocol_name, ip=ip)
+            limit = factory.counter.refusing_limit(ip)
+            if guard is not None and limit == "connections_per_ip_max":
+                # One client holding too many: the abuse line fail2ban reads.
+                guard.refused(limit, factory.protocol_name, ip)
+            else:  # the server full is no one client's doing: no ban
+                log.info("connection-refused protocol={protocol} peer={ip} reason={limit}",
+                         protocol=factory.protocol_name, ip=ip, limit=limit)
             self._refuse(transport, "limit")
 
     def _refuse(self, transport, reason: str) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 
 from mailserverd.abuse import AbuseGuard, Greylist, client_network
 from mailserverd.config import AbuseConfig
+from mailserverd.connlimit import ConnectionCounter, LimitedFactory
 from mailserverd.limits import Limits
 from mailserverd.metrics import Metrics
 from mailserverd.ratelimit import TokenBuckets
@@ -211,3 +215,26 @@ def test_configure_keeps_counts_unless_a_rate_changes():
     assert abuse.command_allowed("192.0.2.7", "smtp")
     abuse.configure(limits, AbuseConfig(exempt_networks=(), greylisting=True))
     assert abuse.greylist is not None
+
+
+# --- concurrent connections (mailserverd.connlimit)
+
+
+def test_one_client_over_its_connections_is_an_abuse_line_a_full_server_is_not(logged):
+    factory = LimitedFactory(Factory.forProtocol(Protocol), ConnectionCounter(3, 2), "pop3",
+                             guard=guard(Clock()))
+
+    def connect(ip):
+        transport = StringTransport(peerAddress=IPv4Address("TCP", ip, 40000))
+        factory.buildProtocol(transport.getPeer()).makeConnection(transport)
+        return transport.value()
+
+    assert [connect("192.0.2.1") for _ in range(2)] == [b"", b""]
+    assert connect("192.0.2.1").startswith(b"-ERR [SYS/TEMP]")  # over connections_per_ip_max
+    assert connect("192.0.2.2") == b""
+    assert connect("192.0.2.3").startswith(b"-ERR [SYS/TEMP]")  # over connections_max
+    assert abuse_lines(logged) == [
+        "abuse-limit limit=connections_per_ip_max protocol=pop3 ip=192.0.2.1 user='-'"]
+    assert [event["log_format"].format_map(event) for event in logged
+            if event.get("log_namespace") == "mailserverd.connections"] == [
+        "connection-refused protocol=pop3 peer=192.0.2.3 reason=connections_max"]
