@@ -26,7 +26,7 @@ message at a time:
 from __future__ import annotations
 
 import bisect
-from itertools import compress, count
+from itertools import compress
 
 from mailserverd.imap import search
 from mailserverd.search.index import CLASSES, CONTAINS, grams_of, needle_runs, stored_text, token_fits
@@ -177,9 +177,12 @@ class _Plan:
         classes = key_classes(key)
         matched = self.answer(classes, runs) if answered_by_tokens(key) else None
         if matched is not None:
-            found |= head.intersection(self.uids_of(matched))
+            answered = head.intersection(self.uids_of(matched))
+            found = answered if not found else found | answered  # no copy of a large answer
             unsure = self.untokenised(classes)
-            return found | self.check(key, head.intersection(self.uids_of(unsure)) - found)
+            if unsure:
+                found |= self.check(key, head.intersection(self.uids_of(unsure)) - found)
+            return found
         candidates: dict[int, int] = {}
         for name in classes:
             _union(candidates, self.fitting(name, runs))
@@ -264,7 +267,7 @@ class _Plan:
         """``(seq, MessageInfo)`` of ``uids`` in order (``(seq, uid)`` when not
         ``records``); with records, ones expunged since are left out."""
         if not records and len(uids) * 16 >= len(self.uids):  # many: one pass over the view, in C
-            return list(compress(zip(count(1), self.uids), map(uids.__contains__, self.uids)))
+            return list(compress(enumerate(self.uids, 1), map(uids.__contains__, self.uids)))
         ordered = sorted(uids)
         if not records:
             return [(bisect.bisect_left(self.uids, uid) + 1, uid) for uid in ordered]
