@@ -33,6 +33,7 @@ bench: setup
 	$(BIN)/python bench/spam_classify.py
 	$(BIN)/python bench/backup_restore.py
 	$(BIN)/python bench/search.py
+	$(BIN)/python bench/encryption.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -195,8 +195,9 @@ def fetch_client(port: int, ca: str, barrier, expected: tuple[int, int]) -> tupl
     return messages, octets, start, end
 
 
-def run_fetch(port: int, ca: str, clients: int, expected: tuple[int, int]) -> None:
-    """Run ``clients`` fetch processes; print messages/s and MB/s over the whole run."""
+def run_fetch(port: int, ca: str, clients: int, expected: tuple[int, int], label: str = "") -> float:
+    """Run ``clients`` fetch processes; print messages/s and MB/s over the whole
+    run (after ``label``), and return the messages/s."""
     ctx = multiprocessing.get_context("fork")
     with ctx.Manager() as manager:
         barrier = manager.Barrier(clients)
@@ -205,8 +206,9 @@ def run_fetch(port: int, ca: str, clients: int, expected: tuple[int, int]) -> No
     messages = sum(r[0] for r in results)
     octets = sum(r[1] for r in results)
     elapsed = max(r[3] for r in results) - min(r[2] for r in results)
-    print(f"UID FETCH 1:* (UID FLAGS BODY.PEEK[]) {clients:3d} client(s): {messages / elapsed:8.0f} messages/s "
-          f"{octets / elapsed / 1e6:7.1f} MB/s  ({messages} messages in {elapsed:6.2f} s)", flush=True)
+    print(f"{label}UID FETCH 1:* (UID FLAGS BODY.PEEK[]) {clients:3d} client(s): {messages / elapsed:8.0f} "
+          f"messages/s {octets / elapsed / 1e6:7.1f} MB/s  ({messages} messages in {elapsed:6.2f} s)", flush=True)
+    return messages / elapsed
 
 
 def run_select(port: int, ca: str, count: int) -> None:

@@ -65,8 +65,9 @@ def _credentials(config, password: str):
     )
 
 
-def with_store(config, work: Callable) -> int:
-    """Open the store, run ``work(store)`` (which may return a Deferred), close it.
+def with_store(config, work: Callable, keyring=None) -> int:
+    """Open the store (with ``keyring``, if given, rather than the config's master
+    key), run ``work(store)`` (which may return a Deferred), close it.
 
     Runs a reactor for the store's writer threads; returns the exit status.
     """
@@ -80,7 +81,7 @@ def with_store(config, work: Callable) -> int:
     @defer.inlineCallbacks
     def main(reactor):
         try:
-            store = open_store(config, reactor)
+            store = open_store(config, reactor, keyring)
         except StoreError as exc:
             print(f"mailserverd: {exc}", file=sys.stderr)
             raise SystemExit(1) from None  # task.react exits with this code
@@ -364,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mailserverd.cli_index import add_parser as add_index_parser  # index status, rebuild
 
     add_index_parser(sub, common)
+    from mailserverd.cli_keys import add_parser as add_keys_parser  # keys new, rotate
+
+    add_keys_parser(sub, common)
     return parser
 
 

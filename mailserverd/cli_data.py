@@ -72,6 +72,21 @@ def cmd_restore(args) -> int:
     return 0
 
 
+def _keyring(args):
+    """The master key's keyring of the config's ``[encryption]``; None when it
+    names none, or when ``--data-dir`` is given and there is no config."""
+    from mailserverd.config import ConfigError
+    from mailserverd.store.sealing import load_keyring
+
+    try:
+        encryption = load(args).encryption
+    except ConfigError:
+        if getattr(args, "data_dir", None):
+            return None
+        raise
+    return load_keyring(encryption.master_key_file, encryption.master_key_credential)
+
+
 def cmd_fsck(args) -> int:
     from mailserverd.store.errors import StoreError
     from mailserverd.store.fsck import check_store
@@ -79,7 +94,8 @@ def cmd_fsck(args) -> int:
     data_dir = _data_dir(args)
     with progress_bar(_store_size(data_dir) if args.content else None, "B", "fsck") as bar:
         try:
-            report = check_store(data_dir, verify_content=args.content, progress=bar.update)
+            report = check_store(data_dir, verify_content=args.content, progress=bar.update,
+                                 keyring=_keyring(args))
         except StoreError as exc:
             raise CommandError(str(exc)) from None
     for note in report.notes:

@@ -30,13 +30,11 @@ def _table(header: tuple, rows: list[tuple]) -> list[str]:
 
 
 def _shard_lines(store) -> list[str]:
-    from mailserverd.store.searchindex import FORMAT
-
     rows, notes = [], []
     for number in range(store.shards):
         indexed, last = store.search_seq(number), store.last_seq(number)
         rows.append((f"{number:02d}", indexed, last, last - indexed, store.search_index_bytes(number)))
-        if store.search_format(number) != FORMAT:
+        if store.search_format(number) != store.search_layout():
             notes.append(f"shard {number:02d}: no index in the current layout yet; searches scan "
                          "until the daemon's indexer has built it from the change log")
     return _table(("shard", "indexed seq", "last seq", "lag", "index bytes"), rows) + notes

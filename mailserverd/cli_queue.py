@@ -71,12 +71,17 @@ def _change(store, action: str, queue_id: str | None) -> int:
 
 def cmd_queue(args) -> int:
     from mailserverd.cli import CommandError, load
-    from mailserverd.store.errors import NotFound
+    from mailserverd.service import keyring_of
+    from mailserverd.store.errors import NotFound, StoreError
     from mailserverd.store.lmdbstore import call_directly
     from mailserverd.store.queuestore import QueueStore
 
     config = load(args)
-    store = QueueStore.open(str(config.server.data_dir), config.limits, fire=call_directly)
+    try:
+        store = QueueStore.open(str(config.server.data_dir), config.limits, fire=call_directly,
+                                keyring=keyring_of(config))
+    except StoreError as exc:
+        raise CommandError(str(exc)) from None
     try:
         if args.action in _DONE:
             queue_id = getattr(args, "queue_id", None)

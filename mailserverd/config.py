@@ -190,6 +190,11 @@ def _path(value: object, base: Path) -> Path:
     return base / text
 
 
+def _optional_path(value: object, base: Path) -> str:
+    """A path as :func:`_path` takes it, or ``""`` for none."""
+    return str(_path(value, base)) if _require_string(value) else ""
+
+
 def _ip_literal(value: object, base: Path) -> str:
     text = _require_string(value)
     try:
@@ -413,6 +418,23 @@ class AbuseConfig:
             'answered 450 4.7.1 until it is tried again after ``greylist_delay`` (RFC 6647).')
 
 
+@dataclass(frozen=True)
+class EncryptionConfig:
+    """``[encryption]``: encryption at rest (:mod:`mailserverd.store.sealing`),
+    on when one of the two names the master key."""
+
+    master_key_file: str = _key("", _optional_path,
+        doc='File holding the 32-byte master key (raw or base64), readable by its owner only '
+            '(mode 0400); ``mailserverd keys new FILE`` makes one.')
+    master_key_credential: str = _key("", _string,
+        doc='Name of a systemd credential (``LoadCredential=NAME:PATH`` in the unit) holding '
+            'the master key, read from ``$CREDENTIALS_DIRECTORY``.')
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.master_key_file or self.master_key_credential)
+
+
 def _optional_hostname(value: object, base: Path) -> str:
     """A domain name, or ``""`` for the default."""
     return _hostname(value, base) if _require_string(value) else ""
@@ -466,6 +488,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     inbound: InboundConfig = field(default_factory=InboundConfig)
     abuse: AbuseConfig = field(default_factory=AbuseConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -477,10 +500,10 @@ class Config:
 _TABLES: dict[str, type] = {
     "server": ServerConfig, "tls": TLSConfig, "auth": AuthConfig,
     "dns": DNSConfig, "delivery": DeliveryConfig, "inbound": InboundConfig,
-    "abuse": AbuseConfig, "outbound": OutboundConfig, "log": LogConfig, "metrics": MetricsConfig,
+    "abuse": AbuseConfig, "encryption": EncryptionConfig, "outbound": OutboundConfig, "log": LogConfig, "metrics": MetricsConfig,
 }
-_ALL_TABLES = ("server", "tls", "listener", "auth", "dns", "delivery", "inbound", "abuse", "outbound",
-               "log", "metrics", "limits")
+_ALL_TABLES = ("server", "tls", "listener", "auth", "dns", "delivery", "inbound", "abuse", "encryption",
+               "outbound", "log", "metrics", "limits")
 
 
 # --- reading
@@ -617,6 +640,10 @@ def parse_config(data: dict, path: str | os.PathLike = "") -> Config:
     raw_limits = data.get("limits", {})
     limits = _read_limits(raw_limits, problems) if isinstance(raw_limits, dict) else None
     _check_tls_files(data.get("tls"), bool(data.get("listener")), problems)
+    encryption = read["encryption"]
+    if encryption and encryption.get("master_key_file") and encryption.get("master_key_credential"):
+        problems.append("[encryption]: master_key_file and master_key_credential are two ways "
+                        "to name one key; set one of them")
     if problems:
         raise ConfigError(problems, path)
     sections = {name: _TABLES[name](**values) for name, values in read.items()}

@@ -41,6 +41,7 @@ from mailserverd.search.indexer import Indexer
 from mailserverd.search.pool import SearchPool
 from mailserverd.store.lmdbstore import LMDBStore
 from mailserverd.store.queuestore import QueueStore
+from mailserverd.store.sealing import load_keyring
 from mailserverd.tls import ServerTLS, TLSSettings, TLSSetupError, build_client_context
 
 log = Logger(namespace="mailserverd.service")
@@ -111,14 +112,26 @@ def build_outbound(config: Config, reactor: Any, queue_store: QueueStore, store:
                           signer=signer)
 
 
+def keyring_of(config: Config):
+    """The keyring of the master key ``[encryption]`` names, or None (no
+    encryption at rest). Raises MasterKeyError."""
+    return load_keyring(config.encryption.master_key_file, config.encryption.master_key_credential)
+
+
 def open_queue(config: Config, reactor: Any = None) -> QueueStore:
-    """Open (creating if needed) the outbound queue in ``data_dir/queue``; raises StoreError."""
-    return QueueStore.open(str(config.server.data_dir), config.limits, reactor=reactor)
+    """Open (creating if needed) the outbound queue in ``data_dir/queue``, its
+    contents sealed as the store's (``[encryption]``); raises StoreError."""
+    return QueueStore.open(str(config.server.data_dir), config.limits, reactor=reactor, keyring=keyring_of(config))
 
 
-def open_store(config: Config, reactor: Any = None) -> LMDBStore:
-    """Open (creating if needed) the store the config names; raises StoreError."""
-    return LMDBStore.open(str(config.server.data_dir), config.server.shards, config.limits, reactor=reactor)
+def open_store(config: Config, reactor: Any = None, keyring: Any = None) -> LMDBStore:
+    """Open (creating if needed) the store the config names, encrypted at rest if
+    ``[encryption]`` names a master key (or with ``keyring``, when given);
+    raises StoreError (MasterKeyError too)."""
+    if keyring is None:
+        keyring = keyring_of(config)
+    return LMDBStore.open(str(config.server.data_dir), config.server.shards, config.limits, reactor=reactor,
+                          keyring=keyring)
 
 
 def protocol_factory(ctx: ServerContext, listener: ListenerConfig, counter: ConnectionCounter):

@@ -34,6 +34,7 @@ AUTHENTICATIONFAILED = "AUTHENTICATIONFAILED"
 ALREADYEXISTS = "ALREADYEXISTS"
 CANNOT = "CANNOT"
 CLIENTBUG = "CLIENTBUG"
+CORRUPTION = "CORRUPTION"
 COMPRESSIONACTIVE = "COMPRESSIONACTIVE"  # RFC 4978 §3
 EXPUNGEISSUED = "EXPUNGEISSUED"
 INUSE = "INUSE"
@@ -102,6 +103,8 @@ INTERNAL_ERROR = mail_error("NO", UNAVAILABLE, "Internal error, try again later"
 _STORE_ERRORS: tuple[tuple[type, MailError], ...] = (
     (store_errors.NotFound, mail_error("NO", NONEXISTENT, "Mailbox doesn't exist")),
     (store_errors.Expunged, mail_error("NO", EXPUNGEISSUED, "Some of the requested messages no longer exist")),
+    # A sealed message failing its authentication is never served as garbage.
+    (store_errors.Damaged, mail_error("NO", CORRUPTION, "A requested message is damaged")),
     (store_errors.OverQuota, mail_error("NO", OVERQUOTA, "Quota exceeded")),
     (store_errors.AlreadyExists, mail_error("NO", ALREADYEXISTS, "Mailbox already exists")),
     (store_errors.InUse, mail_error("NO", INUSE, "Mailbox is in use, try again later", True)),

@@ -28,7 +28,6 @@ from twisted.internet.defer import inlineCallbacks
 from mailserverd.logfollower import LogFollower, changes_after
 from mailserverd.search.index import entry_from_wire, index_entry
 from mailserverd.store.parseworker import ParseWorker
-from mailserverd.store.searchindex import FORMAT
 
 _ENTRY_IN_WORKER = "mailserverd.search.index:index_entry_wire"
 
@@ -145,7 +144,7 @@ class Indexer(LogFollower):
         """Index everything logged so far; an index of an older layout is emptied
         first and rebuilt from the start of the log (searches scan meanwhile)."""
         for number in range(self.store.shards):
-            if self.store.search_format(number) != FORMAT:
+            if self.store.search_format(number) != self.store.search_layout():
                 yield self.store.reset_search_index(number)
         yield super().catch_up()
 

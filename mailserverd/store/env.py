@@ -30,6 +30,7 @@ SHARD_DBS = (
     "modseqs", "vanished", "changes", "blobs", "blobrefs",
     "searchmap", "searchdocs", "searchterms", "searchgrams",  # the search index: store/searchindex.py
     "spamtokens", "spamtrained",  # the spam classifier: store/spamtokens.py
+    "datakeys",  # encryption at rest: store/sealing.py
 )
 
 #: ``info`` keys.
@@ -56,6 +57,9 @@ class StoreEnv:
     path: str
     env: lmdb.Environment
     dbs: dict = field(default_factory=dict)
+    #: The store's :class:`~mailserverd.store.sealing.Keyring` when it
+    #: encrypts at rest, else None.
+    keyring: object = None
     # close() and usage() may run on different threads (a metrics scrape).
     _close_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _closed: bool = False

@@ -67,3 +67,17 @@ class NotPermitted(StoreError):
 
 class SchemaMismatch(StoreError):
     """The data dir was written by a version of the store this code does not know."""
+
+
+class Damaged(StoreError):
+    """Stored data failed its check (a sealed value its authentication: damaged
+    on disk, or its owner's key erased): it is never served as if it were the data."""
+
+
+class MasterKeyError(StoreError):
+    """The master key of encryption at rest is missing, unreadable, badly
+    protected or not the one the store was sealed with; the text says which,
+    and what to do. Temporary: mail refused for it is retried once the
+    operator mends it."""
+
+    temporary = True

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from mailserverd.store import keys, meta, records, shard
-from mailserverd.store.blobs import decode_blob
+from mailserverd.store.blobs import decode_blob, is_sealed, sealed_blob_id
 from mailserverd.store.env import SHARDS_KEY, open_all_readonly
 
 Progress = Callable[[int], None]
@@ -60,8 +60,11 @@ class _Box:
 class _ShardCheck:
     """The checks of one shard in one read transaction (see the module docstring)."""
 
-    def __init__(self, name: str, env, report: FsckReport, verify_content: bool, progress: Progress | None):
+    def __init__(self, name: str, env, report: FsckReport, verify_content: bool, progress: Progress | None,
+                 keyring=None):
         self.name, self.env, self.dbs = name, env.env, env.dbs
+        self.keyring = keyring
+        self.sealed_unverified = 0
         self.report = report
         self.verify_content = verify_content
         self.progress = progress
@@ -209,22 +212,32 @@ class _ShardCheck:
             if refs != found:
                 self.problem(f"blob {blob_id.hex()[:16]}: reference count {refs}, referred to by {found} messages")
             if self.verify_content:
-                self._verify_blob(blob_id, value)
+                self._verify_blob(txn, blob_id, value)
         for blob_id, found in self.blob_refs.items():
             self.problem(f"blob {blob_id.hex()[:16]} is missing, {found} messages refer to it")
         for blob_id in txn.cursor(db=self.dbs["blobrefs"]).iternext(keys=True, values=False):
             if txn.get(blob_id, db=self.dbs["blobs"]) is None:
                 self.problem(f"blob {blob_id.hex()[:16]} has a reference count but no content")
         self.report.totals["blobs"] += stored
+        if self.sealed_unverified:
+            self.report.notes.append(f"{self.name}: {self.sealed_unverified} sealed blobs not verified "
+                                     "(no master key: fsck reads [encryption] of the config)")
 
-    def _verify_blob(self, blob_id: bytes, value: bytes) -> None:
+    def _verify_blob(self, txn, blob_id: bytes, value: bytes) -> None:
+        if is_sealed(value) and self.keyring is None:
+            self.sealed_unverified += 1
+            return
         try:
-            facts, raw = decode_blob(value)
+            facts, raw = decode_blob(value, blob_id, lambda user_id: self.keyring.user_keys(txn, self.dbs, user_id))
             records.decode_facts(facts)
         except Exception as exc:  # a damaged value is what is being looked for
             self.problem(f"blob {blob_id.hex()[:16]} does not decode: {exc}")
             return
-        if hashlib.sha256(raw).digest() != blob_id:
+        content_id = hashlib.sha256(raw).digest()
+        if is_sealed(value):  # decoded: the user's keys exist
+            user_id = keys.read_u64(blob_id[:8])
+            content_id = sealed_blob_id(user_id, self.keyring.user_keys(txn, self.dbs, user_id), content_id)
+        if content_id != blob_id:
             self.problem(f"blob {blob_id.hex()[:16]}: content does not match its hash (damaged)")
         if self.progress is not None:
             self.progress(len(value))
@@ -274,10 +287,12 @@ def _check_meta(txn, env, shard_count: int, checks: list[_ShardCheck], report: F
                                     f"reachable from meta (left by an interrupted user add or remove)")
 
 
-def check_store(data_dir: str, verify_content: bool = True, progress: Progress | None = None) -> FsckReport:
+def check_store(data_dir: str, verify_content: bool = True, progress: Progress | None = None,
+                keyring=None) -> FsckReport:
     """Check the store in ``data_dir`` (read-only; see the module docstring).
 
-    ``progress(n)`` is called as n bytes of blob content are verified.
+    ``progress(n)`` is called as n bytes of blob content are verified; sealed
+    blobs are opened with ``keyring`` (without one, left unverified, in a note).
     Raises StoreError/SchemaMismatch when the store cannot be opened at all.
     """
     report = FsckReport()
@@ -286,7 +301,7 @@ def check_store(data_dir: str, verify_content: bool = True, progress: Progress |
         meta_env = opened[0][2]
         with meta_env.env.begin() as txn:
             shard_count = keys.read_u64(txn.get(SHARDS_KEY, db=meta_env.dbs["info"]))
-            checks = [_ShardCheck(name, env, report, verify_content, progress)
+            checks = [_ShardCheck(name, env, report, verify_content, progress, keyring)
                       for name, _, env in opened if name.startswith("shard-")]
             for check in checks:
                 check.run()

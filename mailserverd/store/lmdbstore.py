@@ -32,7 +32,8 @@ from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.python.failure import Failure
 
 from mailserverd.store import mailboxes, messages, meta, searchindex, shard, spamtokens, webapi
-from mailserverd.store.blobs import read_blob, read_facts
+from mailserverd.store.blobs import read_blob, read_content, read_facts
+from mailserverd.store.sealing import Keyring, check_sealing
 from mailserverd.store.env import META_DBS, SHARD_DBS, SHARD_KEY, SHARDS_KEY, StoreEnv, make_dir, open_env
 from mailserverd.store.errors import Expunged, NotFound, StoreError, StoreTemporaryError
 from mailserverd.store.mailboxes import MailboxLimits
@@ -80,6 +81,7 @@ class LMDBStore:
         self._fire = fire
         self._meta = meta_env
         self._shard_envs = shard_envs
+        self._keyring = shard_envs[0].keyring if shard_envs else None
         batch = batch_max or limits.store_batch_max
         self.meta_writer = EnvWriter(meta_env, "meta", fire, limits.store_queue_max, batch)
         self.shard_writers = [
@@ -99,15 +101,18 @@ class LMDBStore:
 
     @classmethod
     def open(cls, data_dir: str, shards: int, limits, reactor=None, fire: Callable | None = None,
-             batch_max: int | None = None) -> "LMDBStore":
-        """Open (creating if missing) the store in ``data_dir`` with ``shards`` shards.
+             batch_max: int | None = None, keyring: Keyring | None = None) -> "LMDBStore":
+        """Open (creating if missing) the store in ``data_dir`` with ``shards`` shards,
+        encrypting at rest with ``keyring`` if given.
 
         ``fire`` defaults to ``reactor.callFromThread`` (the global reactor if
         ``reactor`` is None); ``batch_max`` overrides ``limits.store_batch_max``
         (1 = one commit per write, for benchmarks).
         Raises StoreError (directory not usable, bad shard count) or
         SchemaMismatch (written by a newer version, or created with another
-        shard count: the count is fixed when the store is created).
+        shard count: the count is fixed when the store is created) or
+        MasterKeyError (a shard sealed under another master key, or sealed
+        and no ``keyring``).
         """
         if not 1 <= shards <= SHARDS_MAX:
             raise StoreError(f"shard count must be between 1 and {SHARDS_MAX}, got {shards}")
@@ -125,6 +130,7 @@ class LMDBStore:
                 path = os.path.join(data_dir, "shards", f"{number:02d}")
                 opened.append(open_env(path, limits.store_map_size, SHARD_DBS,
                                        {SHARD_KEY: number}, f"shard {number:02d}"))
+                check_sealing(opened[-1], keyring, f"shard {number:02d}")
         except BaseException:
             for env in opened:
                 env.close()
@@ -411,15 +417,29 @@ class LMDBStore:
     def get_message(self, user: str, mailbox_id: int, uid: int) -> MessageInfo:
         return self._shard_read(user, shard.get_message, mailbox_id, uid)
 
+    def rewrap_data_keys(self, new_master) -> Deferred:
+        """Rewrap every shard's data keys under ``new_master`` (a
+        :class:`~mailserverd.store.sealing.MasterKey`), one shard a write;
+        fires with how many were rewrapped. Extra: for ``mailserverd keys rotate``."""
+        if self._keyring is None:
+            return fail(StoreError("this store is not encrypted at rest: there are no keys to rotate"))
+        counts: list[int] = []
+        done = succeed(None)
+        for submitter in self._submitters:  # in turn: a failure leaves the later shards as they were
+            done.addCallback(lambda _, s=submitter: s.submit(
+                lambda w: self._keyring.rewrap(w.txn, w.dbs, new_master)))
+            done.addCallback(counts.append)
+        return done.addCallback(lambda _: sum(counts))
+
     def read_message(self, user: str, blob_id: bytes) -> bytes:
         """The stored bytes. Raises NotFound (user), Expunged (no such blob on the user's shard)."""
-        raw = self._shard_read(user, lambda txn, dbs, _: read_blob(txn, dbs, blob_id))
+        raw = self._shard_read(user, lambda txn, dbs, _: read_blob(txn, dbs, blob_id, self._keyring))
         if raw is None:
             raise Expunged("message content is gone")
         return raw
 
     def read_facts(self, user: str, blob_id: bytes) -> dict:
-        facts = self._shard_read(user, lambda txn, dbs, _: read_facts(txn, dbs, blob_id))
+        facts = self._shard_read(user, lambda txn, dbs, _: read_facts(txn, dbs, blob_id, self._keyring))
         if facts is None:
             raise Expunged("message content is gone")
         return facts
@@ -448,8 +468,12 @@ class LMDBStore:
         with env.env.begin() as txn:
             return searchindex.search_seq(txn, env.dbs)
 
+    def search_layout(self) -> int:
+        """The layout this store's index records must have (searchindex.format_for)."""
+        return searchindex.format_for(self._keyring is not None)
+
     def search_format(self, shard_number: int) -> int:
-        """The layout of shard ``shard_number``'s index records (searchindex.FORMAT when current)."""
+        """The layout of shard ``shard_number``'s index records (:meth:`search_layout` when current)."""
         env = self._shard_envs[shard_number]
         with env.env.begin() as txn:
             return searchindex.search_format(txn, env.dbs)
@@ -464,14 +488,13 @@ class LMDBStore:
         """``(message bytes, facts)`` of a blob of a shard, or None if it is gone."""
         env = self._shard_envs[shard_number]
         with env.env.begin() as txn:
-            raw = read_blob(txn, env.dbs, blob_id)
-            return None if raw is None else (raw, read_facts(txn, env.dbs, blob_id))
+            return read_content(txn, env.dbs, blob_id, self._keyring)
 
     def read_search_index(self, user: str, function: Callable):
         """``function(SearchIndexReader)`` over ``user``'s index in one read
         transaction (on the calling thread). Raises NotFound for an unknown user."""
         return self._shard_read(user, lambda txn, dbs, user_id: function(
-            searchindex.SearchIndexReader(txn, dbs, user_id)))
+            searchindex.SearchIndexReader(txn, dbs, user_id, self._keyring)))
 
     def write_search_batch(self, shard_number: int, upto_seq: int, docs: list, removals: list) -> Deferred:
         """Commit one indexing batch on the shard's writer (see searchindex.apply_batch);

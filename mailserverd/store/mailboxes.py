@@ -43,7 +43,8 @@ def create_account(w, user_id: int, address: str, limits: MailboxLimits) -> None
 
 
 def remove_account(w, user_id: int, address: str) -> None:
-    """Delete the account, its mailboxes, messages and subscriptions (blobs by refcount).
+    """Delete the account, its mailboxes, messages and subscriptions (blobs by
+    refcount) and, encrypted at rest, its data key (crypto-erase).
 
     Idempotent: a missing account is not an error.
     """
@@ -58,6 +59,8 @@ def remove_account(w, user_id: int, address: str) -> None:
     for db_name in ("mbnames", "mailboxes", "subscriptions", "messages", "modseqs", "vanished"):
         shard.delete_range(w, db_name, prefix)
     w.txn.delete(keys.account_key(user_id), db=w.dbs["accounts"])
+    if w.keyring is not None:  # crypto-erase: whatever of the user's is left stays sealed
+        w.keyring.erase(w.txn, w.dbs, user_id)
     shard.log_change(w, "account-delete", user_id, 0, {"address": address})
 
 

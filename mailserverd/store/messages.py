@@ -78,7 +78,8 @@ def _append_change(messages: list[MessageInfo], source: int | None = None) -> di
 
 def append(w, user_id: int, mailbox_name: str, name_max: int, blob_id: bytes, raw: bytes,
            facts: dict, flags: frozenset[str], internaldate: int, quota: int) -> AppendResult:
-    """Store one message (content stored once per shard by blob id).
+    """Store one message (content stored once per shard by blob id, or once
+    per user when the store encrypts at rest: see blobs.py).
 
     Reads and updates the account and mailbox through the batch's record
     cache: the writer must run it as an operation marked with
@@ -91,9 +92,13 @@ def append(w, user_id: int, mailbox_name: str, name_max: int, blob_id: bytes, ra
     check_quota(account, quota, size)
     if mailbox.uidnext > keys.UID_MAX:  # checked before the first write (see deliver)
         raise LimitExceeded("mailbox has used up its UIDs")  # RFC 9051 §2.3.1.1
+    user_keys = None
+    if w.keyring is not None:  # encrypted at rest: the user's own blob of this content
+        user_keys = w.keyring.user_keys_for_writing(w.txn, w.dbs, user_id)
+        blob_id = blobs.sealed_blob_id(user_id, user_keys, blob_id)
     seq = shard.next_seq(w)
     message = _insert(w, user_id, mailbox_id, mailbox, flags, internaldate, size, blob_id, seq)
-    blobs.add_blob_refs(w.txn, w.dbs, blob_id, raw, facts, 1)
+    blobs.add_blob_refs(w.txn, w.dbs, blob_id, raw, facts, 1, user_keys)
     w.txn.put(keys.change_key(seq),
               records.encode_change("append", user_id, mailbox_id, _append_change([message])),
               db=w.dbs["changes"])

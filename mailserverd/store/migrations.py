@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Callable
 
 #: Version of the layout of the environments this code reads and writes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _v1_to_v2(txn, dbs: dict, what: str) -> None:
@@ -29,9 +29,15 @@ def _v1_to_v2(txn, dbs: dict, what: str) -> None:
     spam filter). No record needs rewriting."""
 
 
+def _v2_to_v3(txn, dbs: dict, what: str) -> None:
+    """Schema 3 added the ``datakeys`` sub-database of encryption at rest
+    (opening creates it empty) and sealed blobs (a blob format of their own,
+    keyed by user); blobs written before stay readable as they are."""
+
+
 #: ``from_version -> step``: the step takes ``(txn, dbs, what)`` and must
 #: leave the environment valid for ``from_version + 1``.
-STEPS: dict[int, Callable] = {1: _v1_to_v2}
+STEPS: dict[int, Callable] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def upgrade(txn, dbs: dict, version: int, what: str) -> list[int]:

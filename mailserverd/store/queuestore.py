@@ -29,13 +29,17 @@ from typing import Callable, Iterable
 from twisted.internet.defer import Deferred, fail, succeed
 
 from mailserverd.store import keys, queuedone, records
-from mailserverd.store.blobs import decode_blob, encode_blob
+from mailserverd.store.blobs import decode_blob, encode_blob, opener
 from mailserverd.store.env import StoreEnv, open_env
 from mailserverd.store.errors import NotFound, StoreError, StoreTemporaryError
+from mailserverd.store.sealing import check_sealing
 from mailserverd.store.types import QUEUE_FINAL, QUEUE_SCHEDULED, QueuedMessage, QueueEntry
 from mailserverd.store.writer import EnvWriter, WriteTxn
 
-QUEUE_DBS = ("info", "qmessages", "qblobs", "qentries", "qschedule", "qretry", *queuedone.DBS)
+QUEUE_DBS = ("info", "qmessages", "qblobs", "qentries", "qschedule", "qretry", *queuedone.DBS,
+             "datakeys")  # encryption at rest: store/sealing.py
+#: Whose data key seals the queue's contents (user ids start at 1).
+QUEUE_OWNER = 0
 #: The schedule lanes (see the module docstring) and their index.
 LANES = {"fresh": "qschedule", "retry": "qretry"}
 #: ``info`` identity entry of the queue environment (tells it from meta and shards).
@@ -68,14 +72,22 @@ class QueueStore:
     # ---------------------------------------------------------------- lifecycle
 
     @classmethod
-    def open(cls, data_dir: str, limits, reactor=None, fire: Callable | None = None) -> "QueueStore":
-        """Open (creating if missing) ``data_dir/queue``. Raises StoreError or SchemaMismatch."""
+    def open(cls, data_dir: str, limits, reactor=None, fire: Callable | None = None,
+             keyring=None) -> "QueueStore":
+        """Open (creating if missing) ``data_dir/queue``, sealing the contents it
+        takes with ``keyring`` (a sealing.Keyring) if given. Raises StoreError
+        or SchemaMismatch (MasterKeyError: see sealing.check_sealing)."""
         if fire is None:
             if reactor is None:
                 from twisted.internet import reactor
             fire = reactor.callFromThread
         env = open_env(os.path.join(data_dir, "queue"), limits.store_map_size, QUEUE_DBS,
                        {QUEUE_KEY: 1}, "queue")
+        try:
+            check_sealing(env, keyring, "the queue")
+        except BaseException:
+            env.close()
+            raise
         return cls(env, limits, fire)
 
     def start(self) -> None:
@@ -112,6 +124,13 @@ class QueueStore:
         if not self._closed:
             self._closed = True
             self._env.close()
+
+    def rewrap_data_keys(self, new_master) -> Deferred:
+        """Rewrap the queue's data key under ``new_master`` (see
+        LMDBStore.rewrap_data_keys); fires with how many (0 or 1)."""
+        if self._env.keyring is None:
+            return fail(StoreError("the queue is not encrypted at rest: there are no keys to rotate"))
+        return self._submit(lambda w: self._env.keyring.rewrap(w.txn, w.dbs, new_master))
 
     def _submit(self, apply) -> Deferred:
         if not self._running:
@@ -251,8 +270,11 @@ class QueueStore:
     def get_content(self, queue_id: str) -> bytes | None:
         """The stored bytes of ``queue_id``, or None."""
         with self._env.env.begin() as txn:
-            stored = txn.get(keys.queue_id_key(queue_id), db=self._env.dbs["qblobs"])
-            return None if stored is None else decode_blob(stored)[1]
+            key = keys.queue_id_key(queue_id)
+            stored = txn.get(key, db=self._env.dbs["qblobs"])
+            if stored is None:
+                return None
+            return decode_blob(stored, key, opener(txn, self._env.dbs, self._env.keyring), QUEUE_OWNER)[1]
 
     def entries(self, queue_id: str) -> list[QueueEntry]:
         """Every entry of ``queue_id``, in recipient order ([] when unknown)."""
@@ -306,7 +328,8 @@ def _put_message(work: WriteTxn, message: QueuedMessage, entries: list[QueueEntr
     key = keys.queue_id_key(message.queue_id)
     if not txn.put(key, records.encode_queued_message(message), db=dbs["qmessages"], overwrite=False):
         raise StoreError(f"queue id {message.queue_id} already exists")
-    txn.put(key, encode_blob(raw, records.encode_facts({"size": len(raw)})), db=dbs["qblobs"])
+    user_keys = None if work.keyring is None else work.keyring.user_keys_for_writing(txn, dbs, QUEUE_OWNER)
+    txn.put(key, encode_blob(raw, records.encode_facts({"size": len(raw)}), user_keys, key), db=dbs["qblobs"])
     for entry in entries:
         txn.put(keys.queue_entry_key(entry.queue_id, entry.index), records.encode_queue_entry(entry),
                 db=dbs["qentries"])

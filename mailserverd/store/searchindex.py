@@ -36,9 +36,16 @@ map entry and doc and clears its segment-map slot; its postings stay (a
 posting naming a cleared slot is skipped) until a rebuild clears them
 (:func:`replace_docs`, :func:`compact_postings`).
 
+Encrypted at rest (store/sealing.py), the layout is :data:`SEALED_FORMAT`:
+the vocabulary's tokens and the grams are keyed by their keyed names
+(``UserKeys.term``: a gram's is 3 bytes, so grams of different text may
+share one, which costs a search a few more candidate tokens to check, never
+a wrong answer), and the token texts, doc texts and sort records are sealed
+values, bound to their keys. Postings, segment maps and the map hold ids only.
+
 The ``info`` keys: ``search_seq`` is the change-log position the index
 reflects, written in the same transaction as the index records;
-``search_format`` the layout above (:data:`FORMAT`). An index of another
+``search_format`` the layout above (:data:`FORMAT`, or :data:`SEALED_FORMAT`). An index of another
 layout answers nothing (every mailbox reads as unindexed, so searches scan)
 until :func:`reset` empties it for the indexer to rebuild from the log.
 """
@@ -56,6 +63,8 @@ from mailserverd.store import keys, records, shard
 SEGMENT_DOCS = 4096
 #: The layout of the index records (this module's docstring).
 FORMAT = 2
+#: The same, encrypted at rest.
+SEALED_FORMAT = 3
 _BITMAP_BYTES = SEGMENT_DOCS // 8
 SEARCH_SEQ_KEY = b"search_seq"
 SEARCH_FORMAT_KEY = b"search_format"
@@ -85,6 +94,15 @@ def search_seq(txn, dbs) -> int:
     """The change-log position the shard's index reflects (0: nothing indexed)."""
     data = txn.get(SEARCH_SEQ_KEY, db=dbs["info"])
     return 0 if data is None else keys.read_u64(data)
+
+
+def format_for(sealed: bool) -> int:
+    """The layout an index of a store that does (or does not) encrypt at rest has."""
+    return SEALED_FORMAT if sealed else FORMAT
+
+
+def _format_of(w) -> int:
+    return format_for(w.keyring is not None)
 
 
 def search_format(txn, dbs) -> int:
@@ -168,12 +186,13 @@ def _merge_postings(w, db, postings: dict[bytes, list[int]]) -> None:
 
 
 def reset(w) -> None:
-    """Empty the shard's whole index and record FORMAT: the indexer then follows
-    the change log from its start (a search scans what is not indexed yet)."""
+    """Empty the shard's whole index and record its layout (:func:`format_for`):
+    the indexer then follows the change log from its start (a search scans
+    what is not indexed yet)."""
     for name in SEARCH_DBS:
         w.txn.drop(w.dbs[name], delete=False)
     w.txn.put(SEARCH_SEQ_KEY, keys.u64(0), db=w.dbs["info"])
-    w.txn.put(SEARCH_FORMAT_KEY, keys.u64(FORMAT), db=w.dbs["info"])
+    w.txn.put(SEARCH_FORMAT_KEY, keys.u64(_format_of(w)), db=w.dbs["info"])
 
 
 class _Batch:
@@ -187,6 +206,15 @@ class _Batch:
         self.postings: dict[tuple, list[int]] = {}  # key fields -> offsets, packed when written
         self.gram_postings: dict[bytes, list[int]] = {}
         self.slots: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+        self._user_keys: dict[int, object] = {}
+
+    def user_keys(self, user_id: int):
+        """The user's sealing.UserKeys when the store encrypts at rest, else None."""
+        if self.w.keyring is None:
+            return None
+        if user_id not in self._user_keys:
+            self._user_keys[user_id] = self.w.keyring.user_keys_for_writing(self.w.txn, self.w.dbs, user_id)
+        return self._user_keys[user_id]
 
     def docno(self, user_id: int) -> int:
         if user_id not in self.next_docnos:
@@ -204,7 +232,9 @@ class _Batch:
         if known is not None:
             return known
         db = self.w.dbs["searchterms"]
-        data = self.w.txn.get(_terms_key(user_id, _VOCAB, token), db=db)
+        user_keys = self.user_keys(user_id)
+        vocab_key = _terms_key(user_id, _VOCAB, _term_name(user_keys, token))
+        data = self.w.txn.get(vocab_key, db=db)
         if data is not None:
             token_id = _ID.unpack(data)[0]
         else:
@@ -213,11 +243,13 @@ class _Batch:
                 self.next_ids[user_id] = 1 if stored is None else _ID.unpack(stored)[0]
             token_id = self.next_ids[user_id]
             self.next_ids[user_id] = token_id + 1
-            self.w.txn.put(_terms_key(user_id, _VOCAB, token), _ID.pack(token_id), db=db)
-            self.w.txn.put(_terms_key(user_id, _TOKEN, _ID.pack(token_id)), token, db=db)
+            self.w.txn.put(vocab_key, _ID.pack(token_id), db=db)
+            token_key = _terms_key(user_id, _TOKEN, _ID.pack(token_id))
+            self.w.txn.put(token_key, _sealed(user_keys, token, token_key), db=db)
             segment, offset = divmod(token_id, SEGMENT_DOCS)
             for gram in {token[index:index + 3] for index in range(len(token) - 2)}:
-                self.gram_postings.setdefault(_GRAM_KEY.pack(user_id, gram, segment), []).append(offset)
+                gram_key = _GRAM_KEY.pack(user_id, _gram_name(user_keys, gram), segment)
+                self.gram_postings.setdefault(gram_key, []).append(offset)
         self.token_ids[(user_id, token)] = token_id
         return token_id
 
@@ -225,10 +257,13 @@ class _Batch:
             sortable) -> None:
         docno = self.docno(user_id)
         dbs = self.w.dbs
+        user_keys = self.user_keys(user_id)
         if sortable is not None:
-            self.w.txn.put(_terms_key(user_id, _SORT_RECORD, keys.u64(docno)), records.pack(sortable),
-                           db=dbs["searchterms"])
-        self.w.txn.put(_doc_key(user_id, docno), records.pack([mailbox_id, uid, text]), db=dbs["searchdocs"])
+            sort_key = _terms_key(user_id, _SORT_RECORD, keys.u64(docno))
+            self.w.txn.put(sort_key, _sealed(user_keys, records.pack(sortable), sort_key), db=dbs["searchterms"])
+        doc_key = _doc_key(user_id, docno)
+        self.w.txn.put(doc_key, records.pack([mailbox_id, uid, _sealed(user_keys, text, doc_key)]),
+                       db=dbs["searchdocs"])
         self.w.txn.put(_map_key(user_id, mailbox_id, uid), keys.u64(docno), db=dbs["searchmap"])
         segment, offset = divmod(docno, SEGMENT_DOCS)
         self.slots.setdefault((user_id, segment), []).append((offset, mailbox_id, uid))
@@ -258,6 +293,26 @@ class _Batch:
             for offset, mailbox_id, uid in slots:
                 mailboxes[offset], uids[offset] = mailbox_id, uid
             _write_segment_map(w, user_id, segment, mailboxes, uids)
+
+
+def _term_name(user_keys, token: bytes) -> bytes:
+    """The vocabulary key part of ``token``: itself, or sealed its keyed name."""
+    return token if user_keys is None else user_keys.term(token)
+
+
+def _gram_name(user_keys, gram: bytes) -> bytes:
+    """The 3 bytes a gram is keyed by: itself, or sealed a keyed name."""
+    return gram if user_keys is None else user_keys.term(b"gram:" + gram, 3)
+
+
+def _sealed(user_keys, value: bytes, key: bytes) -> bytes:
+    """``value`` as stored under ``key``: itself, or sealed (bound to the key)."""
+    return value if user_keys is None else user_keys.seal(value, key)
+
+
+def _opened(user_keys, stored: bytes, key: bytes) -> bytes:
+    """What :func:`_sealed` was given. Raises store.errors.Damaged."""
+    return bytes(stored) if user_keys is None else user_keys.unseal(bytes(stored), key)
 
 
 def _read_segment_map(txn, dbs, user_id: int, segment: int) -> tuple[array, array]:
@@ -372,7 +427,7 @@ def replace_docs(w, user_id: int, mailbox_id: int, before_docno: int, docs: Iter
     postings like any doc, in the same transaction, so a search sees either.
     An index of another layout is left alone (the indexer empties it).
     """
-    if search_format(w.txn, w.dbs) != FORMAT:
+    if search_format(w.txn, w.dbs) != _format_of(w):
         return 0
     indexed = indexed_uid(w.txn, w.dbs, user_id, mailbox_id)
     held: dict[int, tuple] = {}
@@ -406,7 +461,7 @@ def compact_postings(w, user_id: int, classes: Iterable[str], before_docno: int,
     docno names no doc, so no search loses a message. The vocabulary stays
     as it is. An index of another layout is left alone.
     """
-    if search_format(w.txn, w.dbs) != FORMAT:
+    if search_format(w.txn, w.dbs) != _format_of(w):
         return None, 0
     db = w.dbs["searchterms"]
     prefix = _USER.pack(user_id)
@@ -508,11 +563,14 @@ def _segments(txn, db, prefix: bytes) -> dict[int, int]:
 class SearchIndexReader:
     """One user's index inside one read transaction (see :meth:`LMDBStore.read_search_index`)."""
 
-    def __init__(self, txn, dbs, user_id: int):
+    def __init__(self, txn, dbs, user_id: int, keyring=None):
         self._txn = txn
         self._dbs = dbs
         self._user_id = user_id
-        self._current = search_format(txn, dbs) == FORMAT
+        # Sealed, a user with no data key has nothing indexed (it is read as unindexed).
+        self._keys = None if keyring is None else keyring.user_keys(txn, dbs, user_id)
+        self._current = (search_format(txn, dbs) == format_for(keyring is not None)
+                         and (keyring is None or self._keys is not None))
         self._maps: dict[int, tuple[array, array]] = {}
 
     def indexed_uid(self, mailbox_id: int) -> int:
@@ -526,22 +584,30 @@ class SearchIndexReader:
         """The id of a token of the user's vocabulary (0 for the empty one), or None."""
         if not token:
             return 0
-        data = self._txn.get(_terms_key(self._user_id, _VOCAB, token), db=self._dbs["searchterms"])
+        data = self._txn.get(_terms_key(self._user_id, _VOCAB, _term_name(self._keys, token)),
+                             db=self._dbs["searchterms"])
         return None if data is None else _ID.unpack(data)[0]
 
     def token(self, token_id: int) -> bytes:
-        data = self._txn.get(_terms_key(self._user_id, _TOKEN, _ID.pack(token_id)), db=self._dbs["searchterms"])
-        return b"" if data is None else bytes(data)
+        key = _terms_key(self._user_id, _TOKEN, _ID.pack(token_id))
+        data = self._txn.get(key, db=self._dbs["searchterms"])
+        return b"" if data is None else _opened(self._keys, data, key)
 
     def vocabulary(self) -> Iterator[tuple[bytes, int]]:
         """``(token, id)`` of every token of the user's vocabulary."""
+        if self._keys is not None:  # sealed: the tokens are only in their id records
+            prefix = _terms_key(self._user_id, _TOKEN)
+            for key, value in shard._scan(self._txn, self._dbs["searchterms"], prefix):
+                yield self._keys.unseal(bytes(value), bytes(key)), _ID.unpack(key[len(prefix):])[0]
+            return
         prefix = _terms_key(self._user_id, _VOCAB)
         for key, value in shard._scan(self._txn, self._dbs["searchterms"], prefix):
             yield bytes(key[len(prefix):]), _ID.unpack(value)[0]
 
     def gram_segments(self, gram: bytes) -> dict[int, int]:
         """``{segment: bits}`` of the token ids holding ``gram`` (see :func:`bit_offsets`)."""
-        return _segments(self._txn, self._dbs["searchgrams"], _GRAM_KEY.pack(self._user_id, gram, 0)[:11])
+        prefix = _GRAM_KEY.pack(self._user_id, _gram_name(self._keys, gram), 0)[:11]
+        return _segments(self._txn, self._dbs["searchgrams"], prefix)
 
     def term_segments(self, name: str, token_id: int) -> dict[int, int]:
         """``{segment: bits}`` of the docnos whose class ``name`` text has the token."""
@@ -578,16 +644,22 @@ class SearchIndexReader:
         db = self._dbs["searchterms"]
         for uid in uids:
             docno = self.docno(mailbox_id, uid)
-            data = None if docno is None else self._txn.get(
-                _terms_key(self._user_id, _SORT_RECORD, keys.u64(docno)), db=db)
+            if docno is None:
+                continue
+            key = _terms_key(self._user_id, _SORT_RECORD, keys.u64(docno))
+            data = self._txn.get(key, db=db)
             if data is not None:
-                found[uid] = records.unpack(data)
+                found[uid] = records.unpack(_opened(self._keys, data, key))
         return found
 
     def doc(self, docno: int) -> tuple[int, int, bytes] | None:
         """``(mailbox id, uid, text)`` of a doc, or None if it was removed."""
-        data = self._txn.get(_doc_key(self._user_id, docno), db=self._dbs["searchdocs"])
-        return None if data is None else tuple(records.unpack(data))
+        key = _doc_key(self._user_id, docno)
+        data = self._txn.get(key, db=self._dbs["searchdocs"])
+        if data is None:
+            return None
+        mailbox_id, uid, text = records.unpack(data)
+        return mailbox_id, uid, _opened(self._keys, text, key)
 
     def docno(self, mailbox_id: int, uid: int) -> int | None:
         data = self._txn.get(_map_key(self._user_id, mailbox_id, uid), db=self._dbs["searchmap"])

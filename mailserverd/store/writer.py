@@ -42,10 +42,12 @@ READER_CHECK_INTERVAL = 30.0
 class WriteTxn:
     """What an operation gets: the current (nested) write transaction and the sub-databases."""
 
-    def __init__(self, env: lmdb.Environment, dbs: dict, txn: lmdb.Transaction):
+    def __init__(self, env: lmdb.Environment, dbs: dict, txn: lmdb.Transaction, keyring=None):
         self.env = env
         self.dbs = dbs
         self.txn = txn
+        #: The store's sealing.Keyring when it encrypts at rest, else None.
+        self.keyring = keyring
         #: Values kept in memory for the whole batch (e.g. the change-log
         #: sequence), written once by :meth:`flush` just before the commit.
         self.cached: dict = {}
@@ -318,7 +320,7 @@ class EnvWriter:
             txn = env.begin(write=True)
         except lmdb.Error as exc:
             raise _BatchFailure(exc, None) from None
-        work = WriteTxn(env, self.store_env.dbs, txn)
+        work = WriteTxn(env, self.store_env.dbs, txn, self.store_env.keyring)
         outcomes: list[tuple[bool, object]] = []
         try:
             for index, op in enumerate(batch):

@@ -31,13 +31,13 @@ IDLE_INDEXER = "search_index_interval = 3600\n"
 MULTIAPPEND_BYTES = 8 << 20
 
 
-def search_daemon(root, limits: str = "", shards: int = 2) -> Daemon:
+def search_daemon(root, limits: str = "", shards: int = 2, tables: str = "") -> Daemon:
     """A daemon (not started) with example.test, alice and bob, ``limits`` added
-    to its ``[limits]`` table, and the metrics endpoint on a free port
-    (``ports["metrics"]``, so that start() waits for it too)."""
+    to its ``[limits]`` table, ``tables`` to its config, and the metrics
+    endpoint on a free port (``ports["metrics"]``, so that start() waits for it too)."""
     [port] = free_ports(1)
     daemon = make_daemon(root, shards=shards, extra_config=(
-        limits + f'\n[metrics]\nenabled = true\naddress = "127.0.0.1"\nport = {port}\n'))
+        limits + f'\n[metrics]\nenabled = true\naddress = "127.0.0.1"\nport = {port}\n' + tables))
     daemon.cli("domain", "add", "example.test")
     for user, password in PASSWORDS.items():
         daemon.add_user(user, password)

@@ -24,10 +24,12 @@ USER = "alice@example.test"
 CREDS = Credentials(bcrypt_hash=b"$2b$04$hash", scram_sha256=ScramSecrets(b"salt", 4096, b"K" * 32, b"S" * 32))
 
 
-def open_store(tmp_path, limits: Limits | None = None):
-    """Yield a started store holding example.test and USER; stop it afterwards.
-    For a fixture: ``yield from open_store(tmp_path)``."""
-    opened = LMDBStore.open(str(tmp_path / "data"), 1, limits or Limits(store_map_size=32 * MIB))
+def open_store(tmp_path, limits: Limits | None = None, keyring=None):
+    """Yield a started store holding example.test and USER (encrypted at rest
+    with ``keyring`` if given); stop it afterwards. For a fixture:
+    ``yield from open_store(tmp_path)``."""
+    opened = LMDBStore.open(str(tmp_path / "data"), 1, limits or Limits(store_map_size=32 * MIB),
+                            keyring=keyring)
     opened.start()
     pytest_twisted.blockon(opened.add_domain("example.test"))
     pytest_twisted.blockon(opened.add_user(USER, CREDS))

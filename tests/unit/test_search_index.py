@@ -24,6 +24,7 @@ from mailserverd.mail.facts import compute_facts
 from mailserverd.search.index import CLASSES, CONTAINS, index_entry, needle_runs, pair_indexes, token_fits
 from mailserverd.search.indexer import Indexer
 from mailserverd.store import keys
+from mailserverd.store.sealing import Keyring, MasterKey, new_master_key
 from mailserverd.store.searchindex import FORMAT, SEARCH_FORMAT_KEY, SEGMENT_DOCS, bit_flags, bit_offsets
 from mailserverd.imap.sortkeys import SORT_KEYS, SortableMessage
 from mailserverd.search.query import search_indexed, sort_records
@@ -73,11 +74,14 @@ def make_message(rng: random.Random, number: int) -> bytes:
     return (head + "\r\n" + (_words(rng, 8) + "\r\n") * 3000).encode()
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A store with 60 delivered, 40 indexed (a few expunged after), 20 past the index."""
+@pytest.fixture(scope="module", params=["plain", "sealed"])
+def corpus(request, tmp_path_factory):
+    """A store with 60 delivered, 40 indexed (a few expunged after), 20 past the
+    index; once as it is, once encrypted at rest (a sealed index: keyed terms
+    and grams, sealed texts)."""
     limits = Limits(store_map_size=256 * MIB, search_text_max=TEXT_MAX, search_index_batch=7)
-    opened = open_store(tmp_path_factory.mktemp("index"), limits)
+    keyring = Keyring(MasterKey(new_master_key())) if request.param == "sealed" else None
+    opened = open_store(tmp_path_factory.mktemp("index"), limits, keyring)
     store = next(opened)
     rng = random.Random(7)
     for number in range(40):
@@ -112,6 +116,15 @@ def _answers(store, mailbox_id, infos, key):
     scanned = search.search_messages(key, list(enumerate(infos, 1)), scope)
     indexed = search_indexed(key, mailbox_id, uids, scope, direct_max=5)
     return [(seq, info.uid) for seq, info in scanned], [(seq, info.uid) for seq, info in indexed]
+
+
+def test_a_sealed_store_holds_no_word_of_its_messages_in_its_files(corpus):
+    store = corpus[0]
+    if store.search_layout() == FORMAT:
+        pytest.skip("a store that does not encrypt at rest")
+    on_disk = b"".join(open(f"{env.path}/data.mdb", "rb").read() for env in store._shard_envs)
+    for word in ("meeting", "gamma", "report", "Köln", "straße", "café", "m17@example"):
+        assert word.encode() not in on_disk and word.lower().encode() not in on_disk, word
 
 
 def test_index_is_behind_by_the_tail_and_knows_it(corpus):
