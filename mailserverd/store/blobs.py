@@ -67,10 +67,10 @@ def is_sealed(stored: bytes) -> bool:
 
 
 def decode_blob(stored: bytes, blob_id: bytes = b"", opener=None, owner: int | None = None,
-                message: bool = True) -> tuple[bytes, bytes]:
+                message: bool = True, facts: bool = True) -> tuple[bytes, bytes]:
     """Stored value -> ``(facts_record, message bytes)`` as :func:`encode_blob`
-    was given them (with ``message`` false, ``b""`` for the message: a sealed
-    one is then not opened).
+    was given them (``b""`` for the one of them not wanted: ``message`` or
+    ``facts`` false; a sealed part not wanted is not opened).
 
     A sealed value is opened with the keys ``opener(owner)`` gives: by
     default the owner is the user of ``blob_id`` (:func:`sealed_blob_id`).
@@ -80,14 +80,15 @@ def decode_blob(stored: bytes, blob_id: bytes = b"", opener=None, owner: int | N
     """
     form, facts_length = _HEADER.unpack_from(stored)
     start = _HEADER.size
-    facts, rest = stored[start:start + facts_length], stored[start + facts_length:]
+    view = memoryview(stored)  # parts cut without a copy
+    facts_part, rest = view[start:start + facts_length], view[start + facts_length:]
     if form == _BLOB_FORMAT:
-        return bytes(facts), bytes(rest) if message else b""
+        return bytes(facts_part) if facts else b"", bytes(rest) if message else b""
     if form != _SEALED_FORMAT:
         raise ValueError(f"unknown blob format {form}")
     user_keys = _owner_keys(opener, keys.read_u64(blob_id[:8]) if owner is None else owner)
-    facts = user_keys.unseal(bytes(facts), blob_id + _FACTS_PART)
-    return facts, user_keys.unseal(bytes(rest), blob_id + _MESSAGE_PART) if message else b""
+    return (user_keys.unseal(facts_part, blob_id + _FACTS_PART) if facts else b"",
+            user_keys.unseal(rest, blob_id + _MESSAGE_PART) if message else b"")
 
 
 def _owner_keys(opener, owner: int) -> UserKeys:
@@ -168,7 +169,7 @@ def read_blob(txn, dbs, blob_id: bytes, keyring=None) -> bytes | None:
     """The message bytes of a blob, or None if the shard does not hold it.
     Raises as :func:`decode_blob` does (a sealed one is opened with ``keyring``)."""
     stored = txn.get(blob_id, db=dbs["blobs"])
-    return None if stored is None else decode_blob(stored, blob_id, opener(txn, dbs, keyring))[1]
+    return None if stored is None else decode_blob(stored, blob_id, opener(txn, dbs, keyring), facts=False)[1]
 
 
 def read_facts(txn, dbs, blob_id: bytes, keyring=None) -> dict | None:

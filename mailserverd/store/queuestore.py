@@ -274,7 +274,8 @@ class QueueStore:
             stored = txn.get(key, db=self._env.dbs["qblobs"])
             if stored is None:
                 return None
-            return decode_blob(stored, key, opener(txn, self._env.dbs, self._env.keyring), QUEUE_OWNER)[1]
+            return decode_blob(stored, key, opener(txn, self._env.dbs, self._env.keyring), QUEUE_OWNER,
+                               facts=False)[1]
 
     def entries(self, queue_id: str) -> list[QueueEntry]:
         """Every entry of ``queue_id``, in recipient order ([] when unknown)."""

@@ -167,7 +167,7 @@ class UserKeys:
     def unseal(self, sealed: bytes, identity: bytes) -> bytes:
         """What :meth:`seal` was given. Raises Damaged when the value or its
         identity is not what was sealed."""
-        try:
+        try:  # (``sealed`` may be a memoryview: its parts are not copied)
             return self.seal_key.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], identity)
         except InvalidTag:
             raise Damaged("stored data is damaged: it fails its authentication") from None
