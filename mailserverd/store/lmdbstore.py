@@ -536,7 +536,8 @@ class LMDBStore:
 
     def spam_counts(self, user: str, hashes) -> spamtokens.ModelCounts:
         """``user``'s own spam model for the token ``hashes``. Raises NotFound."""
-        return self._shard_read(user, spamtokens.read_counts, hashes)
+        return self._shard_read(user, lambda txn, dbs, user_id: spamtokens.read_counts(
+            txn, dbs, user_id, hashes, self._keyring))
 
     def spam_token_count(self, user: str) -> int:
         """Distinct tokens in ``user``'s spam model (a scan: for stats). Raises NotFound."""
@@ -547,7 +548,7 @@ class LMDBStore:
         total = spamtokens.ModelCounts()
         for env in self._shard_envs:
             with env.env.begin() as txn:
-                total.add(spamtokens.read_counts(txn, env.dbs, spamtokens.SITE_USER_ID, hashes))
+                total.add(spamtokens.read_counts(txn, env.dbs, spamtokens.SITE_USER_ID, hashes, self._keyring))
         return total
 
     def find_mailbox(self, shard_number: int, user_id: int, mailbox_id: int) -> MailboxInfo | None:

@@ -11,6 +11,10 @@ Two sub-databases (names in env.SHARD_DBS), both per user:
   trained as, so that moving a message back out of Junk first takes back its
   spam training (a message counts once, in the class it was last put in).
 
+Encrypted at rest (store/sealing.py), a token hash is stored as its keyed
+name under the row owner's data key (the shard's own key for the site
+model, owner 0), so the rows cannot be matched against a dictionary's hashes.
+
 User id 0 is the site-wide model: every training of every user of the shard
 is added to it too (the classifier sums it over the shards). An account's
 removal deletes its own records; what it added to the site model stays.
@@ -60,15 +64,24 @@ def spam_seq(txn, dbs) -> int:
     return 0 if data is None else keys.read_u64(data)
 
 
-def read_counts(txn, dbs, user_id: int, hashes: Iterable[bytes]) -> ModelCounts:
-    """The model of ``user_id`` (or SITE_USER_ID) for the tokens ``hashes``."""
+def _token_key(user_keys, user_id: int, token: bytes) -> bytes:
+    """The ``spamtokens`` key of a token hash: as it is, or sealed its keyed name."""
+    return _TOKEN_KEY.pack(user_id, token if user_keys is None else user_keys.term(b"spam:" + token, 8))
+
+
+def read_counts(txn, dbs, user_id: int, hashes: Iterable[bytes], keyring=None) -> ModelCounts:
+    """The model of ``user_id`` (or SITE_USER_ID) for the tokens ``hashes``
+    (sealed rows read with ``keyring``'s keys)."""
     counts = ModelCounts()
     totals = txn.get(keys.user_prefix(user_id), db=dbs["spamtrained"])
     if totals is not None:
         counts.nspam, counts.nham = _COUNTS.unpack(totals)
+    user_keys = None if keyring is None else keyring.user_keys(txn, dbs, user_id)
+    if keyring is not None and user_keys is None:
+        return counts  # sealed, and never trained: no token rows
     db = dbs["spamtokens"]
     for token in hashes:
-        data = txn.get(_TOKEN_KEY.pack(user_id, token), db=db)
+        data = txn.get(_token_key(user_keys, user_id, token), db=db)
         if data is not None:
             counts.tokens[token] = _COUNTS.unpack(data)
     return counts
@@ -123,8 +136,10 @@ def apply_training(w, examples: Iterable[tuple[int, bytes, str, Iterable[bytes]]
                 _add(token_deltas.setdefault((owner, token), [0, 0]), delta)
         changed += 1
     _merge(w, [(keys.user_prefix(user), delta) for user, delta in total_deltas.items()])
-    _merge(w, [(_TOKEN_KEY.pack(user, token), delta) for (user, token), delta in token_deltas.items()],
-           "spamtokens")
+    owner_keys = {owner: None if w.keyring is None else w.keyring.user_keys_for_writing(w.txn, w.dbs, owner)
+                  for owner in total_deltas}
+    _merge(w, [(_token_key(owner_keys[user], user, token), delta)
+               for (user, token), delta in token_deltas.items()], "spamtokens")
     if upto_seq is not None:
         w.txn.put(SPAM_SEQ_KEY, keys.u64(upto_seq), db=w.dbs["info"])
     return changed

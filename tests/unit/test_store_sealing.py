@@ -318,3 +318,22 @@ async def test_the_queue_seals_what_it_holds(tmp_path, master):
         assert again.get_content("CCCC00000001") == RAW
     finally:
         await again.stop()
+
+
+# --- the spam classifier's counts
+
+
+@pytest_twisted.ensureDeferred
+async def test_spam_token_rows_are_keyed_names_not_the_tokens_hashes(tmp_path, sealed):
+    from mailserverd.delivery.bayes import token_hash
+
+    await sealed.deliver([ALICE], RAW)
+    message, = inbox_messages(sealed, ALICE)
+    hashes = [token_hash(word) for word in ("viagra", "lottery", "winner")]
+    assert await sealed.train_spam(ALICE, [(message.blob_id, "spam", hashes)]) == 1
+    own, site = sealed.spam_counts(ALICE, hashes), sealed.site_spam_counts(hashes)
+    assert own.nspam == site.nspam == 1 and own.tokens == site.tokens == {h: (1, 0) for h in hashes}
+    assert sealed.spam_counts(BOB, hashes).tokens == {}
+    await sealed.stop()
+    on_disk = raw_files(tmp_path / "data")
+    assert not any(token in on_disk for token in hashes)  # a dictionary's hashes match nothing
