@@ -337,3 +337,40 @@ async def test_spam_token_rows_are_keyed_names_not_the_tokens_hashes(tmp_path, s
     await sealed.stop()
     on_disk = raw_files(tmp_path / "data")
     assert not any(token in on_disk for token in hashes)  # a dictionary's hashes match nothing
+
+
+# --- a damaged message over IMAP
+
+
+@pytest.fixture
+def imap_store(tmp_path, master):
+    from imap_real_store import open_store as open_imap_store
+
+    yield from open_imap_store(tmp_path, LIMITS, Keyring(master))
+
+
+@pytest_twisted.ensureDeferred
+async def test_imap_reports_a_damaged_message_and_serves_the_others(imap_store):
+    from imap_real_store import USER, RealStoreClient
+
+    store = imap_store
+    await store.append(USER, "INBOX", RAW)
+    await store.append(USER, "INBOX", RAW.replace(b"m1@", b"m2@"))
+    first, _ = list(store.list_messages(USER, store.get_mailbox(USER, "INBOX").mailbox_id))
+
+    def damage(w):
+        value = bytearray(w.txn.get(first.blob_id, db=w.dbs["blobs"]))
+        value[-1] ^= 0x01  # the message's tag
+        w.txn.put(first.blob_id, bytes(value), db=w.dbs["blobs"])
+
+    await store._submitters[0].submit(damage)
+    client = RealStoreClient(store)
+    await client.login()
+    await client.cmd(b"a SELECT INBOX")
+    damaged = await client.cmd(b"b FETCH 1 BODY.PEEK[]")
+    assert damaged.endswith(b"b NO [CORRUPTION] A requested message is damaged\r\n")
+    assert MARKER_BODY not in damaged  # never served as garbage
+    served = await client.cmd(b"c FETCH 2 (ENVELOPE BODY.PEEK[])")
+    assert MARKER_BODY in served and served.endswith(b"c OK Fetch completed\r\n")
+    envelope = await client.cmd(b"d FETCH 1 ENVELOPE")  # the facts are sealed apart, still whole
+    assert b"m1@example.org" in envelope and b"d OK" in envelope
