@@ -56,9 +56,13 @@ def client_network(ip: str) -> str:
     """The key rates count ``ip`` under: the address for IPv4 (and IPv4-mapped
     IPv6), its /64 for IPv6; anything unparsable as it is."""
     try:
-        address = ipaddress.ip_address(ip)
+        return _network_of(ipaddress.ip_address(ip))
     except ValueError:
         return ip
+
+
+def _network_of(address) -> str:
+    """:func:`client_network` of a parsed address."""
     if address.version == 6:
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)
@@ -161,9 +165,10 @@ class AbuseGuard:
             address = ipaddress.ip_address(ip)
         except ValueError:
             return ip, False
+        counted_as = _network_of(address)
         if address.version == 6 and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
-        return client_network(ip), any(address in network for network in self._exempt)
+        return counted_as, any(address in network for network in self._exempt)
 
     def exempt(self, ip: str) -> bool:
         """Whether ``ip`` is in ``[abuse] exempt_networks``."""

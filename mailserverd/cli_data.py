@@ -76,15 +76,15 @@ def _keyring(args):
     """The master key's keyring of the config's ``[encryption]``; None when it
     names none, or when ``--data-dir`` is given and there is no config."""
     from mailserverd.config import ConfigError
-    from mailserverd.store.sealing import load_keyring
+    from mailserverd.service import keyring_of
 
     try:
-        encryption = load(args).encryption
+        config = load(args)
     except ConfigError:
         if getattr(args, "data_dir", None):
             return None
         raise
-    return load_keyring(encryption.master_key_file, encryption.master_key_credential)
+    return keyring_of(config)
 
 
 def cmd_fsck(args) -> int:

@@ -45,11 +45,12 @@ def _rotate(args) -> int:
 
     from mailserverd.cli import CommandError, load, with_store
     from mailserverd.store.queuestore import QueueStore
-    from mailserverd.store.sealing import Keyring, MasterKey, MasterKeyError, load_keyring, read_master_key_file
+    from mailserverd.service import keyring_of
+    from mailserverd.store.sealing import Keyring, MasterKey, MasterKeyError, read_master_key_file
 
     config = load(args)
     try:
-        old = load_keyring(config.encryption.master_key_file, config.encryption.master_key_credential)
+        old = keyring_of(config)
         new = MasterKey(read_master_key_file(args.new_key))
     except MasterKeyError as exc:
         raise CommandError(str(exc)) from None

@@ -25,8 +25,8 @@ import hashlib
 import struct
 
 from mailserverd.store import keys, records
-from mailserverd.store.errors import Damaged, MasterKeyError
-from mailserverd.store.sealing import UserKeys
+from mailserverd.store.errors import Damaged
+from mailserverd.store.sealing import UserKeys, no_master_key
 
 #: Layout of a stored blob value: format byte, facts length, facts record, message bytes.
 _BLOB_FORMAT = 1
@@ -93,8 +93,7 @@ def decode_blob(stored: bytes, blob_id: bytes = b"", opener=None, owner: int | N
 
 def _owner_keys(opener, owner: int) -> UserKeys:
     if opener is None:
-        raise MasterKeyError("this store is encrypted at rest: configure its master key "
-                             "([encryption] master_key_file or master_key_credential)")
+        raise no_master_key("this store")
     user_keys = opener(owner)
     if user_keys is None:
         raise Damaged("the data key of this message's owner is gone (erased)")

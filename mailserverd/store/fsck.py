@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from mailserverd.store import keys, meta, records, shard
-from mailserverd.store.blobs import decode_blob, is_sealed, sealed_blob_id
+from mailserverd.store.blobs import decode_blob, is_sealed, opener, sealed_blob_id
 from mailserverd.store.env import SHARDS_KEY, open_all_readonly
 
 Progress = Callable[[int], None]
@@ -228,7 +228,7 @@ class _ShardCheck:
             self.sealed_unverified += 1
             return
         try:
-            facts, raw = decode_blob(value, blob_id, lambda user_id: self.keyring.user_keys(txn, self.dbs, user_id))
+            facts, raw = decode_blob(value, blob_id, opener(txn, self.dbs, self.keyring))
             records.decode_facts(facts)
         except Exception as exc:  # a damaged value is what is being looked for
             self.problem(f"blob {blob_id.hex()[:16]} does not decode: {exc}")

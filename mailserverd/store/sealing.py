@@ -122,6 +122,10 @@ class MasterKey:
         self._aead = AESGCM(secret)
         self.check_value = hmac.new(secret, _CHECK_TEXT, hashlib.sha256).digest()[:16]
 
+    def matches(self, check_value: bytes | None) -> bool:
+        """Whether ``check_value`` (a shard's, or None) is this key's."""
+        return check_value is not None and hmac.compare_digest(bytes(check_value), self.check_value)
+
     def wrap(self, data_key: bytes, user_id: int) -> bytes:
         """``data_key`` sealed for ``user_id``: nonce + ciphertext + tag."""
         nonce = os.urandom(NONCE_BYTES)
@@ -196,16 +200,21 @@ class Keyring:
         found = txn.get(CHECK_KEY, db=dbs["datakeys"])
         if found is None:
             txn.put(CHECK_KEY, self.master.check_value, db=dbs["datakeys"])
-        elif not self._is_own(found) and not self._is_rotated(found):
+        else:
+            self.verify(bytes(found), where)
+
+    def verify(self, found: bytes, where: str) -> None:
+        """Raise MasterKeyError unless ``found``, the check value ``where`` keeps,
+        is this master key's (or, rotating, the new one's)."""
+        if not self._is_own(found) and not self._is_rotated(found):
             raise MasterKeyError(f"{where} was sealed with another master key: "
                                  "start with the key it was sealed with")
 
     def _is_own(self, check_value: bytes | None) -> bool:
-        return check_value is not None and hmac.compare_digest(bytes(check_value), self.master.check_value)
+        return self.master.matches(check_value)
 
     def _is_rotated(self, check_value: bytes) -> bool:
-        return self._rotating_to is not None and hmac.compare_digest(
-            bytes(check_value), self._rotating_to.check_value)
+        return self._rotating_to is not None and self._rotating_to.matches(check_value)
 
     def user_keys(self, txn, dbs, user_id: int) -> UserKeys | None:
         """The keys of ``user_id``, or None if the user has none (nothing sealed)."""
@@ -245,7 +254,7 @@ class Keyring:
         """Rewrap every data key of a shard under ``new`` (its check value too);
         return how many (0 for a shard rewrapped already). Raises
         MasterKeyError if one does not open."""
-        if hmac.compare_digest(bytes(txn.get(CHECK_KEY, db=dbs["datakeys"]) or b""), new.check_value):
+        if new.matches(txn.get(CHECK_KEY, db=dbs["datakeys"])):
             return 0
         count = 0
         with txn.cursor(db=dbs["datakeys"]) as cursor:
@@ -258,14 +267,24 @@ class Keyring:
         return count
 
 
+def no_master_key(where: str) -> MasterKeyError:
+    """The error for sealed data met without a master key."""
+    return MasterKeyError(f"{where} is encrypted at rest: configure its master key "
+                          "([encryption] master_key_file or master_key_credential)")
+
+
 def check_sealing(store_env, keyring: Keyring | None, where: str) -> None:
     """Give the open shard ``store_env`` the ``keyring`` (None: no encryption)
     after checking it is the shard's own. Raises MasterKeyError for a shard
     sealed under another master key, or sealed and opened without one."""
-    with store_env.env.begin(write=True) as txn:
-        if keyring is not None:
+    with store_env.env.begin() as txn:  # a write transaction only to record a first check value
+        found = txn.get(CHECK_KEY, db=store_env.dbs["datakeys"])
+    if keyring is None:
+        if found is not None:
+            raise no_master_key(where)
+    elif found is None:
+        with store_env.env.begin(write=True) as txn:
             keyring.check(txn, store_env.dbs, where)
-        elif txn.get(CHECK_KEY, db=store_env.dbs["datakeys"]) is not None:
-            raise MasterKeyError(f"{where} is encrypted at rest: configure its master key "
-                                 "([encryption] master_key_file or master_key_credential)")
+    else:
+        keyring.verify(bytes(found), where)
     store_env.keyring = keyring
